@@ -1,0 +1,162 @@
+"""Hierarchical feature-sharing networks: dense stages, phi projections, a multi-level head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from hfsnet.models.base import FeatureClassifier
+from hfsnet.models.layers import DenseStage, FusionHead, projection
+from hfsnet.models.registry import register, register_entry
+
+
+def _per_stage(value: int | Sequence[int], n_stages: int, name: str) -> list[int]:
+    values = [value] * n_stages if isinstance(value, int) else list(value)
+    if len(values) != n_stages:
+        raise ValueError(f"{name}: expected {n_stages} values (one per stage), got {values}")
+    return values
+
+
+class HFSNet(FeatureClassifier):
+    """Stages of dense layers. Between stages a 1x1 projection (phi) compresses the stage's
+    concatenation and a 2x2 pool halves the resolution; the head fuses every stage.
+
+    ``stages``: dense layers per stage. ``growth``: channels each layer adds (one value, or one
+    per stage). ``projection``: phi's output width per stage (a list), or a float compression
+    ratio applied to every stage but the last (DenseNet-BC). ``project_last``: give the last
+    stage a phi and pool as well (seed style); otherwise it ends in norm+ReLU (DenseNet style).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        *,
+        stages: Sequence[int] = (16, 16, 16),
+        growth: int | Sequence[int] = 12,
+        stem: int = 24,
+        bottleneck: int = 4,
+        projection_widths: float | Sequence[int] = 0.5,
+        project_last: bool = False,
+        norm: bool = True,
+        preact: bool = True,
+        pool: str = "avg",
+        stage_dropout: float = 0.0,
+        layer_dropout: float = 0.0,
+        fusion: bool = True,
+        hidden: int = 0,
+        head_dropout: float = 0.0,
+        memory_efficient: bool = False,
+        image_size: int | None = None,
+    ) -> None:
+        # image_size is accepted so every model takes the same constructor arguments; this net
+        # is fully convolutional and needs no input size.
+        del image_size
+        super().__init__()
+        n = len(stages)
+        growths = _per_stage(growth, n, "growth")
+        if pool not in ("avg", "max"):
+            raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
+        self.stem = nn.Conv2d(in_channels, stem, 3, padding=1, bias=False) if stem else None
+        channels = stem or in_channels
+        self.blocks = nn.ModuleList()
+        self.level_channels: list[int] = []
+        for i, (n_layers, k) in enumerate(zip(stages, growths, strict=True)):
+            dense = DenseStage(
+                channels, k, n_layers, bottleneck=bottleneck, norm=norm, preact=preact,
+                dropout=layer_dropout, memory_efficient=memory_efficient,
+            )
+            last = i == n - 1
+            tail: list[nn.Module] = []
+            channels = dense.out_channels
+            if last and not project_last:
+                if preact:
+                    tail += [nn.BatchNorm2d(channels)] if norm else []
+                    tail.append(nn.ReLU(inplace=True))
+            else:
+                width = self._projection_width(projection_widths, channels, i)
+                tail.append(projection(channels, width, norm=norm, preact=preact))
+                tail.append(nn.AvgPool2d(2) if pool == "avg" else nn.MaxPool2d(2))
+                channels = width
+            if stage_dropout:
+                tail.append(nn.Dropout(stage_dropout))
+            self.blocks.append(nn.Sequential(dense, *tail))
+            self.level_channels.append(channels)
+        self.head = FusionHead(
+            self.level_channels, num_classes, fuse=fusion, hidden=hidden, dropout=head_dropout
+        )
+        self._init_weights()
+
+    @staticmethod
+    def _projection_width(spec: float | Sequence[int], channels: int, stage: int) -> int:
+        if isinstance(spec, (int, float)):
+            if not 0 < spec <= 1:
+                raise ValueError(f"projection compression must be in (0, 1], got {spec}")
+            return max(1, int(channels * spec))
+        return int(spec[stage])
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.stem is not None:
+            x = self.stem(x)
+        features = []
+        for block in self.blocks:
+            x = block(x)
+            features.append(x)
+        return features
+
+    def stage_channels(self) -> list[int]:
+        return list(self.level_channels)
+
+
+register(
+    "hfs",
+    "configurable feature-sharing net (defaults: DenseNet-BC L=100 k=12 with a fusion head)",
+)(HFSNet)
+
+register(
+    "hfs-seed",
+    "the seed's feature-sharing net: dense stages of 2x32 and 2x64 convs, phi, fused head",
+    stages=(2, 2),
+    growth=(32, 64),
+    stem=0,
+    bottleneck=0,
+    projection_widths=(32, 64),
+    project_last=True,
+    norm=False,
+    preact=False,
+    pool="max",
+    stage_dropout=0.25,
+    hidden=512,
+    head_dropout=0.5,
+)(HFSNet)
+
+
+def _register_bc(depth: int, growth: int, **extra: object) -> None:
+    """DenseNet-BC for CIFAR: (depth - 4) / 6 bottleneck layers in each of 3 stages."""
+    if (depth - 4) % 6:
+        raise ValueError(f"DenseNet-BC depth must be 6n+4, got {depth}")
+    n = (depth - 4) // 6
+    register_entry(
+        f"hfs-bc-{depth}-{growth}",
+        HFSNet,
+        f"DenseNet-BC L={depth} k={growth} as a feature-sharing net with a fusion head",
+        stages=(n, n, n),
+        growth=growth,
+        stem=2 * growth,
+        **extra,
+    )
+
+
+_register_bc(100, 12)
+_register_bc(190, 40, memory_efficient=True)
+_register_bc(250, 24, memory_efficient=True)

@@ -1,0 +1,137 @@
+"""Building blocks shared by the model families: dense stages, the phi projection, heads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def conv_unit(in_ch: int, out_ch: int, kernel: int, *, norm: bool, preact: bool) -> nn.Sequential:
+    """Conv with its norm and ReLU: BN-ReLU-Conv (``preact``, DenseNet) or Conv-BN-ReLU (seed)."""
+    conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=not norm)
+    if preact:
+        pre = [nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True)] if norm else [nn.ReLU()]
+        return nn.Sequential(*pre, conv)
+    post = [nn.BatchNorm2d(out_ch)] if norm else []
+    return nn.Sequential(conv, *post, nn.ReLU(inplace=True))
+
+
+class DenseLayer(nn.Module):
+    """One layer of a dense stage: reads the concatenation of everything before it in the stage.
+
+    With ``bottleneck`` > 0 a 1x1 conv first squeezes the concatenation to ``bottleneck * growth``
+    channels (DenseNet-B). With ``memory_efficient`` the cheap part (concatenation, norm, ReLU,
+    1x1 conv) is recomputed in backward instead of stored, so stored activations grow linearly
+    with the number of layers instead of quadratically.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        growth: int,
+        *,
+        bottleneck: int = 0,
+        norm: bool = True,
+        preact: bool = True,
+        dropout: float = 0.0,
+        memory_efficient: bool = False,
+    ) -> None:
+        super().__init__()
+        width = bottleneck * growth if bottleneck else in_ch
+        if bottleneck:
+            self.squeeze: nn.Module = conv_unit(in_ch, width, 1, norm=norm, preact=preact)
+        elif preact:
+            pre = [nn.BatchNorm2d(in_ch)] if norm else []
+            self.squeeze = nn.Sequential(*pre, nn.ReLU())
+        else:
+            self.squeeze = nn.Identity()
+        # With preact the norm+ReLU of the 3x3 conv act on the squeezed map, so they belong to
+        # it only when a bottleneck made a new map; otherwise squeeze already applied them.
+        grow_pre = preact and bool(bottleneck)
+        if preact and not bottleneck:
+            self.grow = nn.Conv2d(width, growth, 3, padding=1, bias=not norm)
+        else:
+            self.grow = conv_unit(width, growth, 3, norm=norm, preact=grow_pre)
+        self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
+        self.memory_efficient = memory_efficient
+
+    def _squeeze(self, *features: torch.Tensor) -> torch.Tensor:
+        return self.squeeze(torch.cat(features, 1))
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        if self.memory_efficient and torch.is_grad_enabled():
+            squeezed = checkpoint(self._squeeze, *features, use_reentrant=False)
+        else:
+            squeezed = self._squeeze(*features)
+        return self.dropout(self.grow(squeezed))
+
+
+class DenseStage(nn.Module):
+    """``n_layers`` dense layers; returns the concatenation of the input and every layer output."""
+
+    def __init__(self, in_ch: int, growth: int, n_layers: int, **layer_options: object) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DenseLayer(in_ch + i * growth, growth, **layer_options)  # type: ignore[arg-type]
+            for i in range(n_layers)
+        )
+        self.out_channels = in_ch + n_layers * growth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x]
+        for layer in self.layers:
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+def projection(in_ch: int, out_ch: int, *, norm: bool, preact: bool) -> nn.Sequential:
+    """The seed's phi: a learned 1x1 conv compressing a stage's concatenation.
+
+    Seed style (no ``preact``) it is linear, with a bias; DenseNet style it is BN-ReLU-Conv1x1.
+    """
+    conv = nn.Conv2d(in_ch, out_ch, 1, bias=not (norm and preact))
+    if preact:
+        pre = [nn.BatchNorm2d(in_ch), nn.ReLU(inplace=True)] if norm else [nn.ReLU()]
+        return nn.Sequential(*pre, conv)
+    return nn.Sequential(conv)
+
+
+def global_pool(features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Global average pool of every level, concatenated: N x sum(C_i)."""
+    return torch.cat([F.adaptive_avg_pool2d(f, 1).flatten(1) for f in features], 1)
+
+
+class FusionHead(nn.Module):
+    """Multi-level fusion: pool every stage's output, concatenate, optional hidden layer, classify.
+
+    With ``fuse`` off it reads the last stage only (a plain classifier head, for ablations).
+    """
+
+    def __init__(
+        self,
+        level_channels: Sequence[int],
+        num_classes: int,
+        *,
+        fuse: bool = True,
+        hidden: int = 0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.fuse = fuse
+        width = sum(level_channels) if fuse else level_channels[-1]
+        layers: list[nn.Module] = []
+        if hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+            width = hidden
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        self.hidden = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        pooled = global_pool(features if self.fuse else features[-1:])
+        return self.classifier(self.hidden(pooled))
