@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hfsnet.errors import HfsnetError
 from hfsnet.models.base import FeatureClassifier
 
 Constructor = Callable[..., FeatureClassifier]
@@ -23,7 +24,7 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(HfsnetError):
     """A model name that is not registered."""
 
 

@@ -1,0 +1,32 @@
+# `make run` sets everything up and trains the default model; `make test` runs the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HFSNET_DATA ?= ../shared/datasets/cifar10-jpg.tar.gz
+RUN_ARGS ?=
+
+.PHONY: setup run test test-slow lint bench clean
+
+setup: $(VENV)/.installed
+
+# Reinstall when the package metadata changes; torch is pinned in pyproject.toml (an unpinned
+# torch pulls a multi-GB CUDA build).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+run: setup
+	$(BIN)/hfsnet train --data $(HFSNET_DATA) --out runs/main $(RUN_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	HFSNET_DATA=$(HFSNET_DATA) $(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

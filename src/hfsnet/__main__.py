@@ -1,0 +1,5 @@
+import sys
+
+from hfsnet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,188 @@
+"""`hfsnet <command>`: train, evaluate, predict, models. ``main(argv)`` returns the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hfsnet.cliutil import add_common, data_spec, emit, parse_option
+from hfsnet.data import DataError, load_dataset, normalize, read_image_file
+from hfsnet.errors import HfsnetError
+from hfsnet.models import list_models
+from hfsnet.train import resolve_config, train
+from hfsnet.train.checkpoint import Checkpoint, load_checkpoint
+from hfsnet.train.config import DEVICES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
+from hfsnet.train.evaluate import evaluate
+from hfsnet.train.runtime import resolve_device
+
+EXIT_USAGE = 2  # bad input of any kind: argparse's convention
+
+# Subcommands that live beside the package they drive; each module defines
+# ``add_commands(subparsers)``.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = resolve_config(
+        args.recipe,
+        model=args.model, data=data_spec(args.data), epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        schedule=args.schedule, weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing, seed=args.seed, device=args.device,
+        precision=args.precision, val_split=args.val_split, limit_train=args.limit_train,
+        image_size=args.image_size, crop_padding=args.crop_padding, flip=args.flip,
+        cutout=args.cutout,
+        model_options=dict(args.model_opt) if args.model_opt else None,
+    )
+    result = train(config, args.out, progress=not args.quiet)
+    print(f"test accuracy {100 * result.test_acc:.2f}% (loss {result.test_loss:.4f}), "
+          f"{result.params:,} params, {result.train_seconds:.1f}s training, "
+          f"{result.images_per_second:,.0f} img/s; run saved to {args.out}",
+          file=sys.stderr if args.json else sys.stdout)
+    payload = result.to_dict()
+    payload.pop("history")
+    emit(args, payload)
+    return 0
+
+
+def _load_for_inference(path: str) -> tuple[Checkpoint, torch.nn.Module]:
+    ckpt = load_checkpoint(path)
+    model = ckpt.build_model()
+    model.eval()
+    return ckpt, model
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    ckpt, model = _load_for_inference(args.checkpoint)
+    meta = ckpt.meta
+    data = load_dataset(data_spec(args.data), image_size=meta["config"].get("image_size"))
+    if data.classes != meta["classes"]:
+        raise DataError(f"--data: classes {data.classes} differ from the checkpoint's "
+                        f"{meta['classes']} ({ckpt.path})")
+    if list(data.image_size) != meta["image_size"] or data.in_channels != meta["in_channels"]:
+        raise DataError(f"--data: images are {data.in_channels}x{data.image_size}, the "
+                        f"checkpoint expects {meta['in_channels']}x{meta['image_size']}")
+    device = resolve_device(args.device)
+    model.to(device)
+    result = evaluate(model, data.test, mean=tuple(meta["mean"]), std=tuple(meta["std"]),
+                      batch_size=args.batch_size, device=device, precision=args.precision)
+    out = sys.stderr if args.json else sys.stdout
+    print(f"test accuracy {100 * result.acc:.2f}%  loss {result.loss:.4f}  "
+          f"({result.count} images)", file=out)
+    for name, acc in zip(data.classes, result.per_class_acc, strict=True):
+        print(f"  {name:>16s} {100 * acc:6.2f}%", file=out)
+    emit(args, {"test_acc": result.acc, "test_loss": result.loss, "count": result.count,
+                 "per_class_acc": dict(zip(data.classes, result.per_class_acc, strict=True)),
+                 "confusion": result.confusion, "classes": data.classes})
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    ckpt, model = _load_for_inference(args.checkpoint)
+    meta = ckpt.meta
+    size = tuple(meta["image_size"])
+    images = torch.stack([read_image_file(p, meta["in_channels"], size) for p in args.images])
+    with torch.no_grad():
+        probs = model(normalize(images, meta["mean"], meta["std"])).softmax(1)
+    k = min(args.top_k, probs.shape[1])
+    top_p, top_i = probs.topk(k, dim=1)
+    predictions = []
+    for path, ps, idx in zip(args.images, top_p.tolist(), top_i.tolist(), strict=True):
+        top = [{"class": meta["classes"][i], "prob": p} for p, i in zip(ps, idx, strict=True)]
+        predictions.append({"image": path, "top": top})
+        if not args.json:
+            print(path + ": " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in top))
+    emit(args, {"predictions": predictions})
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    entries = list_models()
+    if not args.json:
+        for e in entries:
+            print(f"{e.name:16s} {e.description}")
+    emit(args, {"models": [{"name": e.name, "description": e.description} for e in entries]})
+    return 0
+
+
+def _train_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a model; writes config, metrics and a checkpoint")
+    p.add_argument("--model", help="registered model name (see `hfsnet models`)")
+    p.add_argument("--model-opt", action="append", type=parse_option, metavar="KEY=VALUE",
+                   help="model constructor option, e.g. growth=16 (repeatable)")
+    p.add_argument("--data", help="dataset spec; default $HFSNET_DATA")
+    p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run directory")
+    p.add_argument("--recipe", default="default", choices=sorted(RECIPES),
+                   help="named defaults; explicit flags override them")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument("--weight-decay", type=float, help="not applied to norms and biases")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--precision", choices=PRECISIONS, help="bf16 autocasts on CPU too")
+    p.add_argument("--val-split", type=float, help="fraction of train held out, fixed seed")
+    p.add_argument("--limit-train", type=int, help="stratified subset of N training images")
+    p.add_argument("--image-size", type=int, help="resize images to SIZE x SIZE")
+    p.add_argument("--crop-padding", type=int, help="random-crop padding in px (0: off)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips")
+    p.add_argument("--cutout", type=int, help="cutout square side in px (0: off)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_common(p)
+    p.set_defaults(func=cmd_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hfsnet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+
+    p = sub.add_parser("evaluate", help="test loss, accuracy, per-class accuracy, confusion")
+    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    p.add_argument("--data", help="dataset spec; default $HFSNET_DATA")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k classes for image files of any size")
+    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--top-k", type=int, default=3)
+    add_common(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("models", help="list the registered models")
+    add_common(p)
+    p.set_defaults(func=cmd_models)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except HfsnetError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"hfsnet: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Typed training configuration, named recipes, and their JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from hfsnet.errors import HfsnetError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "onecycle")
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(HfsnetError):
+    """A configuration value out of range; the message names the flag."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Saved in every run directory and checkpoint."""
+
+    model: str = "hfs-seed"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    data: str = ""
+    val_split: float = 0.0
+    limit_train: int | None = None
+    image_size: int | None = None
+    recipe: str = "default"
+    epochs: int = 3
+    batch_size: int = 64
+    eval_batch_size: int = 500
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    warmup_fraction: float = 0.15  # of all steps; onecycle ramps up over this share
+    label_smoothing: float = 0.0
+    crop_padding: int = 4  # px of zero padding for random crops; 0 = no crops
+    flip: bool = True
+    cutout: int = 0  # side of the square cut out, px; 0 = off
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "bf16"
+    channels_last: bool = True
+    track_test: bool = True  # evaluate the test set after every epoch (for learning curves)
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, "--epochs must be >= 1", self.epochs),
+            (self.batch_size >= 1, "--batch-size must be >= 1", self.batch_size),
+            (self.eval_batch_size >= 1, "--eval-batch-size must be >= 1", self.eval_batch_size),
+            (self.lr > 0, "--lr must be > 0", self.lr),
+            (self.weight_decay >= 0, "--weight-decay must be >= 0", self.weight_decay),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)",
+             self.label_smoothing),
+            (0 <= self.val_split < 1, "--val-split must be in [0, 1)", self.val_split),
+            (self.limit_train is None or self.limit_train > 0, "--limit-train must be > 0",
+             self.limit_train),
+            (self.crop_padding >= 0, "--crop-padding must be >= 0", self.crop_padding),
+            (self.cutout >= 0, "--cutout must be >= 0", self.cutout),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}",
+             self.optimizer),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {SCHEDULES}", self.schedule),
+            (self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}",
+             self.precision),
+            (self.device in DEVICES, f"--device must be one of {DEVICES}", self.device),
+            (0 <= self.warmup_fraction < 1, "--warmup-fraction must be in [0, 1)",
+             self.warmup_fraction),
+        ]
+        for ok, message, value in checks:
+            if not ok:
+                raise ConfigError(f"{message}, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a plain dict, rejecting unknown keys and values of the wrong type."""
+        return cls(**checked_fields(cls, values))
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether ``value`` fits a resolved field type like ``int | None``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is not None:
+        return isinstance(value, origin)
+    return isinstance(value, hint)
+
+
+def checked_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` restricted to ``cls``'s fields; raises ConfigError naming a bad key."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key {key!r} (valid keys: {', '.join(fields)})")
+        if not _accepts(hints[key], value):
+            raise ConfigError(f"config key {key!r}: expected {hints[key]}, got {value!r}")
+        out[key] = value
+    return out
+
+
+# Each recipe overrides TrainConfig's defaults; explicit command-line flags override a recipe.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    # The design note's Keras run: Adam lr 0.0002, batch 32, 20 epochs, no augmentation, a 10%
+    # validation split, fp32, no weight decay, constant learning rate.
+    "seed": {
+        "optimizer": "adam",
+        "lr": 2e-4,
+        "batch_size": 32,
+        "epochs": 20,
+        "crop_padding": 0,
+        "flip": False,
+        "val_split": 0.1,
+        "weight_decay": 0.0,
+        "schedule": "constant",
+        "precision": "fp32",
+        "channels_last": False,
+    },
+}
+
+
+def resolve_config(recipe: str = "default", **overrides: Any) -> TrainConfig:
+    """TrainConfig defaults, then the recipe, then ``overrides`` (``None`` values are ignored)."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"--recipe must be one of {sorted(RECIPES)}, got {recipe!r}")
+    values = {**RECIPES[recipe], "recipe": recipe}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = TrainConfig.from_dict(values)
+    config.validate()
+    return config

@@ -1,0 +1,63 @@
+"""Optimizers over named parameter groups; weight decay skips norms and biases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ParamGroup:
+    """Parameters that share a base learning rate (e.g. "trunk" and "head" when fine-tuning)."""
+
+    name: str
+    params: list[nn.Parameter]
+    lr: float
+
+
+def split_decay(params: Iterable[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(decayed, not decayed): 1-D tensors are norm scales/shifts and biases, which weight decay
+    only pulls towards zero without regularising anything useful."""
+    decay, no_decay = [], []
+    for p in params:
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return decay, no_decay
+
+
+def build_optimizer(
+    groups: Sequence[ParamGroup],
+    kind: str,
+    *,
+    weight_decay: float,
+    momentum: float = 0.9,
+) -> torch.optim.Optimizer:
+    """One optimizer param group per (named group, decay/no-decay); each remembers its
+    ``base_lr`` so that a schedule can scale every group by the same factor."""
+    torch_groups = []
+    for group in groups:
+        decay, no_decay = split_decay(group.params)
+        for params, wd, suffix in ((decay, weight_decay, ""), (no_decay, 0.0, ".no_decay")):
+            if params:
+                torch_groups.append(
+                    {"params": params, "weight_decay": wd, "lr": group.lr,
+                     "base_lr": group.lr, "name": group.name + suffix}
+                )
+    if not torch_groups:
+        raise ValueError("no trainable parameters: everything is frozen")
+    if kind == "sgd":
+        return torch.optim.SGD(torch_groups, lr=groups[0].lr, momentum=momentum, nesterov=True)
+    if kind == "adam":
+        # Adam's own weight_decay is L2 in the gradient, as Keras' Adam; adamw decouples it.
+        return torch.optim.Adam(torch_groups, lr=groups[0].lr)
+    if kind == "adamw":
+        return torch.optim.AdamW(torch_groups, lr=groups[0].lr)
+    raise ValueError(f"unknown optimizer {kind!r}")
+
+
+def set_lr_factor(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
