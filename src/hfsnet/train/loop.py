@@ -61,6 +61,7 @@ def load_data(config: TrainConfig) -> DataSplits:
 
 
 StepHook = Callable[[int, float], None]
+EpochHook = Callable[["Trainer", int], None]
 
 
 class Trainer:
@@ -89,7 +90,10 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.progress = progress
         self.history: list[dict[str, Any]] = []
-        self.step_hooks: list[StepHook] = []
+        self.step_hooks: list[StepHook] = []  # (global step, loss) after each step
+        # (trainer, epoch) after model.train() at the start of each epoch: freezing schedules
+        # put modules back into eval mode or flip requires_grad here.
+        self.epoch_hooks: list[EpochHook] = []
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[float, int]:
         set_lr_factor(self.optimizer, lr_factor(self.config.schedule, step, self.total_steps,
@@ -105,6 +109,8 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
+        for hook in self.epoch_hooks:
+            hook(self, epoch)
         n_batches = len(self.loader)
         bar = Progress(n_batches, f"epoch {epoch + 1}/{self.config.epochs}",
                        enabled=self.progress)
