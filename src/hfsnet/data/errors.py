@@ -1,0 +1,16 @@
+"""The one exception type for unusable datasets, files and data flags."""
+
+
+class DataError(ValueError):
+    """A dataset, file or flag that cannot be used.
+
+    The message names the offending file or command-line flag and says what was expected, so the
+    CLI can print it as is.
+    """
+
+
+def listing(items: list[str], limit: int = 10) -> str:
+    """Up to ``limit`` items joined for a message, then how many more there are."""
+    shown = "; ".join(items[:limit])
+    rest = len(items) - limit
+    return f"{shown}; and {rest} more" if rest > 0 else shown
