@@ -1,12 +1,16 @@
-"""Datasets for hfsnet: loading (image folders, CIFAR, MNIST-style IDX) and caching."""
+"""Datasets for hfsnet: loading (image folders, CIFAR, MNIST-style IDX), caching, batching."""
 
+from .augment import AugmentConfig
 from .decode import read_image_file
 from .errors import DataError
 from .imageset import DataSplits, ImageSet
 from .load import load_dataset
+from .loader import BatchLoader
 from .stats import normalize
 
 __all__ = [
+    "AugmentConfig",
+    "BatchLoader",
     "DataError",
     "DataSplits",
     "ImageSet",

@@ -1,0 +1,74 @@
+"""Batched training augmentation of uint8 N x C x H x W images, as tensor ops (no per-image loop).
+
+Every random draw comes from the ``torch.Generator`` passed in (a CPU generator; draws are moved
+to the images' device), so the same generator state gives the same augmentation on any device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    """``crop_padding``: zero padding (px) for random crops, 0 = off; ``flip``: random horizontal
+    flips; ``cutout``: side (px) of a square zeroed at a random centre, 0 = off."""
+
+    crop_padding: int = 4
+    flip: bool = True
+    cutout: int = 0
+
+
+def augment(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random crop, then flip, then cutout, as ``config`` enables them."""
+    x = random_crop(x, config.crop_padding, generator)
+    if config.flip:
+        x = random_flip(x, generator)
+    return cutout(x, config.cutout, generator)
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Per image, an H x W window at a random offset of the image zero-padded by ``padding``."""
+    if padding == 0:
+        return x
+    n, _, height, width = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    top = _draw(torch.randint(0, 2 * padding + 1, (n,), generator=generator), x)
+    left = _draw(torch.randint(0, 2 * padding + 1, (n,), generator=generator), x)
+    # A view (no copy) of every H x W window: n x C x (2p+1) x (2p+1) x H x W; then one gather.
+    windows = padded.unfold(2, height, 1).unfold(3, width, 1)
+    return windows[torch.arange(n, device=x.device), :, top, left]
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right where ``flip_mask(len(x), generator)`` says so."""
+    flip = _draw(flip_mask(len(x), generator), x)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def flip_mask(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Which of ``n`` images to flip: each with probability 1/2 (bool, on the CPU)."""
+    return torch.rand(n, generator=generator) < 0.5
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero a ``size`` x ``size`` square per image, centred anywhere in the image and clipped at
+    its border (DeVries & Taylor, 2017)."""
+    if size == 0:
+        return x
+    n, _, height, width = x.shape
+    top = _draw(torch.randint(0, height, (n,), generator=generator), x) - size // 2
+    left = _draw(torch.randint(0, width, (n,), generator=generator), x) - size // 2
+    rows = torch.arange(height, device=x.device)[None, :]
+    cols = torch.arange(width, device=x.device)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)  # n x H
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size)  # n x W
+    return x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0)
+
+
+def _draw(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Random values drawn on the CPU, moved to the device of ``like``."""
+    return values.to(like.device)

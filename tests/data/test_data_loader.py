@@ -1,0 +1,119 @@
+"""BatchLoader: batching, normalisation, exact resume and sharding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hfsnet.data import AugmentConfig, BatchLoader, ImageSet, normalize
+
+MEAN, STD = (0.2, 0.5, 0.7), (0.1, 0.3, 0.25)
+
+
+def numbered(n: int) -> ImageSet:
+    """Image i has i in its top-left pixel of every channel and label i, so y reveals order."""
+    images = torch.randint(0, 256, (n, 3, 6, 6), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    images[:, :, 0, 0] = torch.arange(n, dtype=torch.uint8)[:, None]
+    return ImageSet(images, torch.arange(n), [str(i) for i in range(n)])
+
+
+def loader(data: ImageSet, batch_size: int = 4, **options) -> BatchLoader:
+    return BatchLoader(data, batch_size, mean=MEAN, std=STD, **options)
+
+
+def labels_of(batches) -> list[int]:
+    return [label for _, y in batches for label in y.tolist()]
+
+
+@pytest.mark.parametrize("n, batch_size, drop_last, world_size, expected", [
+    (10, 4, False, 1, 3), (10, 4, True, 1, 2), (8, 4, True, 1, 2),
+    (10, 2, False, 3, 2), (10, 3, True, 3, 1), (10, 3, False, 3, 2),
+])
+def test_length_counts_batches_per_rank(n, batch_size, drop_last, world_size, expected) -> None:
+    data_loader = loader(numbered(n), batch_size, drop_last=drop_last, world_size=world_size)
+    assert len(data_loader) == expected == len(list(data_loader.epoch(0)))
+
+
+def test_unshuffled_batches_are_normalised_images_in_order() -> None:
+    data = numbered(10)
+    batches = list(loader(data).epoch(0))
+    assert [len(y) for _, y in batches] == [4, 4, 2]
+    x = torch.cat([x for x, _ in batches])
+    assert x.dtype == torch.float32 and labels_of(batches) == list(range(10))
+    expected = (data.images.double() / 255 - torch.tensor(MEAN).view(3, 1, 1).double()) \
+        / torch.tensor(STD).view(3, 1, 1).double()
+    assert torch.allclose(x.double(), expected, atol=1e-5)
+    assert torch.equal(x, normalize(data.images, MEAN, STD))
+
+
+def test_shuffled_epoch_is_a_permutation_fixed_by_seed_and_epoch() -> None:
+    data = numbered(50)
+    first = labels_of(loader(data, shuffle=True, seed=1).epoch(0))
+    assert sorted(first) == list(range(50)) and first != list(range(50))
+    assert labels_of(loader(data, shuffle=True, seed=1).epoch(0)) == first
+    assert labels_of(loader(data, shuffle=True, seed=1).epoch(1)) != first
+    assert labels_of(loader(data, shuffle=True, seed=2).epoch(0)) != first
+
+
+def test_labels_stay_with_their_images() -> None:
+    data_loader = loader(numbered(20), shuffle=True, augment=AugmentConfig(crop_padding=0))
+    for x, y in data_loader.epoch(3):
+        pixel = torch.round(x[:, 0, 0, :].double() * STD[0] * 255 + MEAN[0] * 255)
+        flipped = pixel[:, -1]  # a flipped image has its numbered pixel at the right
+        assert torch.equal(torch.where(pixel[:, 0] == y, pixel[:, 0], flipped), y.double())
+
+
+def test_resume_reproduces_the_tail_of_a_full_pass_bit_for_bit() -> None:
+    options = dict(shuffle=True, seed=5, augment=AugmentConfig(crop_padding=2, cutout=3))
+    full = list(loader(numbered(30), **options).epoch(4))
+    tail = list(loader(numbered(30), **options).epoch(4, start_step=3))
+    assert len(tail) == len(full) - 3
+    for (x_full, y_full), (x_tail, y_tail) in zip(full[3:], tail, strict=True):
+        assert torch.equal(x_full, x_tail) and torch.equal(y_full, y_tail)
+
+
+def test_augmentation_differs_between_epochs_and_batches() -> None:
+    data_loader = loader(numbered(8), batch_size=8, augment=AugmentConfig(crop_padding=2))
+    (x0, _), = data_loader.epoch(0)
+    (x1, _), = data_loader.epoch(1)
+    assert not torch.equal(x0, x1)
+
+
+@pytest.mark.parametrize("n, world_size", [(12, 3), (10, 3), (10, 4), (2, 3)])
+def test_shards_are_equal_slices_that_cover_the_epoch(n, world_size) -> None:
+    data = numbered(n)
+    whole = labels_of(loader(data, shuffle=True, seed=7).epoch(2))
+    shards = [labels_of(loader(data, shuffle=True, seed=7, rank=rank,
+                               world_size=world_size).epoch(2)) for rank in range(world_size)]
+    assert len({len(shard) for shard in shards}) == 1  # equal size
+    joined = [label for shard in shards for label in shard]
+    assert set(joined) == set(range(n))
+    padding = len(joined) - n
+    assert 0 <= padding < world_size
+    assert joined == (whole * world_size)[:len(joined)]  # the permutation, wrapped to pad
+
+
+def test_ranks_draw_their_own_augmentation() -> None:
+    same = numbered(1).images.expand(16, 3, 6, 6)  # identical images: only augmentation differs
+    data = ImageSet(same, torch.zeros(16, dtype=torch.int64), ["only"])
+    options = dict(batch_size=8, world_size=2, augment=AugmentConfig(crop_padding=3))
+    (x0, _), = loader(data, rank=0, **options).epoch(0)
+    (x1, _), = loader(data, rank=1, **options).epoch(0)
+    assert not torch.equal(x0, x1)
+    assert torch.equal(x0, next(loader(data, rank=0, **options).epoch(0))[0])
+
+
+def test_channels_last_output() -> None:
+    (x, _), *_ = loader(numbered(4), channels_last=True).epoch(0)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(batch_size=0), "batch_size must be >= 1"),
+    (dict(rank=2, world_size=2), r"rank must be in \[0, 2\)"),
+    (dict(seed=-1), "seed must be >= 0"),
+])
+def test_invalid_options(options, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        loader(numbered(4), **options)
