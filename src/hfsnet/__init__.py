@@ -1,0 +1,1 @@
+from hfsnet.interop.share import share
