@@ -1,0 +1,79 @@
+"""What `hfsnet train` adds through this package: config files, user networks, --log.
+
+Precedence, lowest first: TrainConfig defaults, the recipe (``--recipe``, else the file's), the
+config file, command-line flags. ``--model-opt`` and ``--share-layers`` update the file's
+``model_options`` key by key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hfsnet.cliutil import data_spec
+from hfsnet.interop.config_files import read_config_file
+from hfsnet.interop.tblog import LOG_DIR, LogError, TensorBoardLogger, summary_writer_class
+from hfsnet.interop.user_models import is_user_spec, register_user_model
+from hfsnet.train import TrainConfig, Trainer, TrainResult, resolve_config, train
+from hfsnet.train.loop import build_model, load_data
+from hfsnet.train.runtime import seed_everything
+
+
+def layer_names(text: str) -> list[str]:
+    """``--share-layers a,b,c`` as a list of names."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def prepare_run(model: str | None, *, resume: str | None, log: str) -> None:
+    """Checks and imports before any run starts, fresh or resumed.
+
+    A resumed run rebuilds its model from the checkpoint's config, so a user network has to be
+    registered (from the --model the user typed) before that.
+    """
+    if resume and log != "none":
+        raise LogError(f"--log {log}: not available with --resume yet; resume without --log")
+    if model and is_user_spec(model):
+        register_user_model(model)
+
+
+def train_config(config_file: str | Path | None, recipe: str | None = None, *,
+                 share_layers: Sequence[str] | None = None, **flags: Any) -> TrainConfig:
+    """The run's config from an optional file and the command-line ``flags`` (None = not given).
+
+    A user network (``model`` of the form ``module.path:factory``) is imported and registered
+    here, so the trainer builds it through the registry like any other model.
+    """
+    values = read_config_file(config_file) if config_file else {}
+    file_recipe = values.pop("recipe", None)
+    options = {**values.get("model_options", {}), **(flags.pop("model_options", None) or {})}
+    if share_layers:
+        options["share_layers"] = list(share_layers)
+    values.update({key: value for key, value in flags.items() if value is not None})
+    values["model_options"] = options
+    if not values.get("data"):
+        values["data"] = data_spec(None)  # $HFSNET_DATA, else an error naming --data
+    config = resolve_config(recipe or file_recipe or "default", **values)
+    if is_user_spec(config.model):
+        register_user_model(config.model)
+    return config
+
+
+def train_with_log(config: TrainConfig, out_dir: str | Path, *, log: str = "none",
+                   progress: bool = True) -> TrainResult:
+    """``hfsnet.train.train``, with TensorBoard logs in ``out_dir/tensorboard`` when ``log`` is
+    "tensorboard"."""
+    if log == "none":
+        return train(config, out_dir, progress=progress)
+    summary_writer_class()  # fail before loading data when tensorboard is missing
+    config.validate()
+    seed_everything(config.seed)
+    data = load_data(config)
+    trainer = Trainer(config, Path(out_dir), data, build_model(config, data), progress=progress)
+    logger = TensorBoardLogger(trainer, Path(out_dir) / LOG_DIR)
+    try:
+        result = trainer.fit()
+        logger.finish()
+    finally:
+        logger.close()
+    return result
