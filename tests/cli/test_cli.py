@@ -47,8 +47,8 @@ def test_train_evaluate_predict_end_to_end(tiny_folder, tmp_path, capsys):
 
 def test_data_from_environment(tiny_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HFSNET_DATA", str(tiny_folder))
-    assert main(["train", "--out", str(tmp_path / "r"), "--json", *SMALL[:-2],
-                 "--epochs", "1", "--quiet"]) == 0
+    assert main(["train", "--out", str(tmp_path / "r"), "--json", *SMALL,
+                 "--epochs", "1"]) == 0
     assert "test_acc" in last_json(capsys)
 
 
@@ -77,8 +77,8 @@ def test_missing_data_flag_exit_2(tmp_path, capsys):
 
 def test_evaluate_refuses_other_class_set(tiny_folder, tmp_path, capsys, make_image_folder):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *SMALL[:-1],
-                 "--epochs", "1", "--quiet"]) == 0
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *SMALL,
+                 "--epochs", "1"]) == 0
     other = make_image_folder(tmp_path / "other", classes=("cat", "dog", "eel"))
     assert main(["evaluate", "--checkpoint", str(run), "--data", str(other)]) == 2
     assert "classes" in capsys.readouterr().err

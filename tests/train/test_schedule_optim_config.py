@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from hfsnet.models import create_model
 from hfsnet.train.config import RECIPES, ConfigError, TrainConfig, resolve_config

@@ -1,7 +1,9 @@
 """The one exception type for unusable datasets, files and data flags."""
 
+from hfsnet.errors import HfsnetError
 
-class DataError(ValueError):
+
+class DataError(HfsnetError):
     """A dataset, file or flag that cannot be used.
 
     The message names the offending file or command-line flag and says what was expected, so the

@@ -1,7 +1,7 @@
 """Training, evaluation and checkpoints."""
 
 from hfsnet.train.config import RECIPES, ConfigError, TrainConfig, resolve_config
-from hfsnet.train.loop import Trainer, TrainResult, train
+from hfsnet.train.loop import Trainer, TrainingInterrupted, TrainResult, resume, train
 
-__all__ = ["RECIPES", "ConfigError", "TrainConfig", "TrainResult", "Trainer", "resolve_config",
-           "train"]
+__all__ = ["RECIPES", "ConfigError", "TrainConfig", "TrainResult", "Trainer",
+           "TrainingInterrupted", "resolve_config", "resume", "train"]

@@ -37,7 +37,7 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         t = tensors[name]
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -131,7 +131,12 @@ class Checkpoint:
                                  in_channels=meta["in_channels"], **meta["model_options"])
         except UnknownModelError as err:
             raise CheckpointError(f"{self.path}: {err}") from None
-        missing, unexpected = model.load_state_dict(self.section("model"), strict=False)
+        weights = self.section("model")
+        bad = [k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise CheckpointError(f"{self.path}: non-finite weights in {bad[:3]}; refusing to "
+                                  f"use them")
+        missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise CheckpointError(
                 f"{self.path}: weights do not fit model {meta['model']!r} "
@@ -168,3 +173,82 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if _digest(tensors) != meta.get("sha256"):
         raise CheckpointError(f"{p}: checksum mismatch: the file is corrupt")
     return Checkpoint(p, meta, tensors)
+
+
+def _step_of(path: Path) -> int:
+    return int(path.stem.split("-")[1])
+
+
+class CheckpointStore:
+    """The checkpoints of one run directory.
+
+    Every save writes ``checkpoints/step-NNNNNNNNN.safetensors`` atomically, then points
+    ``checkpoint.safetensors`` (what evaluate/predict read) at it with an atomic hard-link swap,
+    then deletes step files beyond the newest ``keep_last`` — never one in ``protected`` (the
+    checkpoint a run resumed from), and only after the new one is complete.
+    """
+
+    def __init__(self, run_dir: Path, keep_last: int = 2) -> None:
+        if keep_last < 1:
+            raise CheckpointError(f"--keep-last must be >= 1, got {keep_last}")
+        self.run_dir = run_dir
+        self.step_dir = run_dir / "checkpoints"
+        self.keep_last = keep_last
+        self.protected: set[Path] = set()
+
+    @property
+    def latest(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+    def step_files(self) -> list[Path]:
+        """Complete step checkpoints, oldest first (temporary files are not listed)."""
+        return sorted(self.step_dir.glob("step-*.safetensors"), key=_step_of)
+
+    def clean_temporaries(self) -> list[Path]:
+        """Delete leftovers of saves that were killed midway; they are never read."""
+        leftovers = [*self.run_dir.glob(".*.tmp"), *self.step_dir.glob(".*.tmp")]
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return leftovers
+
+    def save(self, step: int, model: FeatureClassifier, meta: dict[str, Any], *,
+             optimizer: torch.optim.Optimizer | None = None,
+             extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+        path = self.step_dir / f"step-{step:09d}.safetensors"
+        try:
+            save_checkpoint(path, model, meta, optimizer=optimizer, extra_tensors=extra_tensors)
+            self._point_latest_at(path)
+        except OSError as err:
+            previous = self.latest if self.latest.exists() else "none yet"
+            raise CheckpointError(f"could not save checkpoint {path}: {err}; the previous "
+                                  f"checkpoint ({previous}) is intact") from err
+        self._rotate()
+        return path
+
+    def _point_latest_at(self, path: Path) -> None:
+        tmp = self.run_dir / f".{CHECKPOINT_NAME}.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)
+        except OSError:
+            atomic_write_bytes(self.latest, path.read_bytes())  # no hard links here: copy
+            return
+        os.replace(tmp, self.latest)
+
+    def _rotate(self) -> None:
+        files = self.step_files()
+        for old in files[: max(0, len(files) - self.keep_last)]:
+            if old.resolve() not in self.protected:
+                old.unlink(missing_ok=True)
+
+    def newest_valid(self) -> Checkpoint | None:
+        """The newest checkpoint that loads and verifies; corrupt ones are skipped."""
+        candidates = [*reversed(self.step_files())]
+        if self.latest.exists():
+            candidates.append(self.latest)
+        for path in candidates:
+            try:
+                return load_checkpoint(path)
+            except CheckpointError:
+                continue
+        return None

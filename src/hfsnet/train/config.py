@@ -14,6 +14,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+NONFINITE = ("stop", "skip")
 
 
 class ConfigError(HfsnetError):
@@ -49,6 +50,10 @@ class TrainConfig:
     precision: str = "bf16"
     channels_last: bool = True
     track_test: bool = True  # evaluate the test set after every epoch (for learning curves)
+    checkpoint_every: int = 0  # also checkpoint every N optimizer steps; 0 = epoch ends only
+    keep_last: int = 2  # step checkpoints kept in <run>/checkpoints
+    nonfinite: str = "stop"  # NaN/Inf loss or gradient: "stop" the run, or "skip" the step
+    deterministic: bool = False  # torch deterministic algorithms (bit-exact resume on CPU)
 
     def validate(self) -> None:
         checks = [
@@ -72,6 +77,11 @@ class TrainConfig:
             (self.device in DEVICES, f"--device must be one of {DEVICES}", self.device),
             (0 <= self.warmup_fraction < 1, "--warmup-fraction must be in [0, 1)",
              self.warmup_fraction),
+            (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0",
+             self.checkpoint_every),
+            (self.keep_last >= 1, "--keep-last must be >= 1", self.keep_last),
+            (self.nonfinite in NONFINITE, f"--nonfinite must be one of {NONFINITE}",
+             self.nonfinite),
         ]
         for ok, message, value in checks:
             if not ok:

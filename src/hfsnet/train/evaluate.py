@@ -52,7 +52,7 @@ def summarize(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> E
     confusion = confusion.view(num_classes, num_classes)
     support = confusion.sum(1).clamp(min=1)
     per_class = (confusion.diag() / support).tolist()
-    acc = (pred == labels).float().mean().item() if len(labels) else float("nan")
+    acc = int((pred == labels).sum()) / len(labels) if len(labels) else float("nan")
     return EvalResult(loss, acc, per_class, confusion.tolist(), len(labels))
 
 

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from hfsnet.data import AugmentConfig, BatchLoader, DataSplits, load_dataset
+from hfsnet.errors import HfsnetError
 from hfsnet.models import FeatureClassifier, create_model
-from hfsnet.train.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from hfsnet.train.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from hfsnet.train.config import TrainConfig
 from hfsnet.train.evaluate import EvalResult, evaluate
 from hfsnet.train.optim import ParamGroup, build_optimizer, set_lr_factor
 from hfsnet.train.progress import Progress
 from hfsnet.train.runtime import autocast, resolve_device, seed_everything
 from hfsnet.train.schedule import lr_factor
+from hfsnet.train.signals import GracefulStop
 
 
 @dataclass
@@ -64,8 +68,66 @@ StepHook = Callable[[int, float], None]
 EpochHook = Callable[["Trainer", int], None]
 
 
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped the run after a resumable checkpoint was saved."""
+
+    def __init__(self, signum: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped by signal {signum}; resume with --resume {checkpoint.parent}")
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+class NonFiniteError(HfsnetError):
+    """A NaN/Inf loss or gradient under the ``stop`` policy."""
+
+
+@dataclass
+class EpochTally:
+    """Running sums of the current epoch; saved mid-epoch so a resumed epoch reports the same
+    numbers as an uninterrupted one."""
+
+    step: int = 0  # batches done in this epoch
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    skipped: int = 0  # steps dropped for non-finite values under the ``skip`` policy
+
+
+def _rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Python/numpy states as JSON, torch's as tensors: dropout masks continue exactly."""
+    np_state = np.random.get_state()
+    plain = {"python": json.loads(json.dumps(random.getstate())),
+             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"rng.cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return plain, tensors
+
+
+def _set_rng_state(plain: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    version, internal, gauss = plain["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["extra.rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("extra.rng.cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
 class Trainer:
-    """Owns the model, optimizer and loaders of one run; ``fit`` runs the remaining epochs."""
+    """Owns the model, optimizer and loader of one run; ``fit`` runs the remaining steps.
+
+    State that a checkpoint restores exactly: weights, optimizer, completed epochs, the position
+    inside the current epoch and its running sums, and the RNG states. The data order and the
+    augmentation of every batch are functions of (seed, epoch, step), and the schedule of the
+    step, so nothing else is needed for a bit-identical continuation.
+    """
 
     def __init__(self, config: TrainConfig, out_dir: Path, data: DataSplits,
                  model: FeatureClassifier, *, groups: list[ParamGroup] | None = None,
@@ -87,13 +149,31 @@ class Trainer:
                                   drop_last=len(data.train) > config.batch_size,
                                   device=self.device, channels_last=config.channels_last)
         self.total_steps = config.epochs * len(self.loader)
+        self.store = CheckpointStore(out_dir, keep_last=config.keep_last)
         self.epoch = 0  # completed epochs
+        self.tally = EpochTally()
         self.progress = progress
         self.history: list[dict[str, Any]] = []
         self.step_hooks: list[StepHook] = []  # (global step, loss) after each step
         # (trainer, epoch) after model.train() at the start of each epoch: freezing schedules
         # put modules back into eval mode or flip requires_grad here.
         self.epoch_hooks: list[EpochHook] = []
+        self._stop: GracefulStop | None = None
+
+    @property
+    def global_step(self) -> int:
+        return self.epoch * len(self.loader) + self.tally.step
+
+    def _finite_step(self, loss: torch.Tensor, step: int) -> bool:
+        """Whether loss and gradients are finite; under ``stop`` a non-finite one raises."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        finite = bool(loss.isfinite()) and bool(torch.nn.utils.get_total_norm(grads).isfinite())
+        if finite or self.config.nonfinite == "skip":
+            return finite
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {step} (epoch {self.epoch + 1}, batch "
+            f"{self.tally.step + 1}); the last good checkpoint is {self.store.latest} "
+            f"(try a lower --lr, or --nonfinite skip)")
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[float, int]:
         set_lr_factor(self.optimizer, lr_factor(self.config.schedule, step, self.total_steps,
@@ -103,33 +183,47 @@ class Trainer:
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if not self._finite_step(loss, step):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.tally.skipped += 1
+            return float("nan"), 0
         self.optimizer.step()
-        correct = int((logits.argmax(1) == y).sum())
-        return float(loss), correct
+        return float(loss.detach()), int((logits.argmax(1) == y).sum())
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
         for hook in self.epoch_hooks:
             hook(self, epoch)
         n_batches = len(self.loader)
+        t = self.tally
         bar = Progress(n_batches, f"epoch {epoch + 1}/{self.config.epochs}",
                        enabled=self.progress)
-        loss_sum, correct, seen = 0.0, 0, 0
-        start = time.perf_counter()
-        for i, (x, y) in enumerate(self.loader.epoch(epoch)):
-            step = epoch * n_batches + i
+        for x, y in self.loader.epoch(epoch, start_step=t.step):
+            start = time.perf_counter()
+            step = self.global_step
             loss, hits = self._train_step(x, y, step)
+            t.step += 1
+            if loss == loss:  # a skipped step's NaN stays out of the running mean
+                t.loss_sum += loss * len(y)
+                t.correct += hits
+                t.seen += len(y)
+            t.seconds += time.perf_counter() - start
             for hook in self.step_hooks:
                 hook(step, loss)
-            loss_sum += loss * len(y)
-            correct += hits
-            seen += len(y)
-            bar.update(i + 1, seen, loss_sum / seen, correct / seen)
+            bar.update(t.step, t.seen, t.loss_sum / max(1, t.seen), t.correct / max(1, t.seen))
+            self._maybe_checkpoint()
         bar.close()
-        seconds = time.perf_counter() - start
-        return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-                "seconds": seconds, "images_per_second": seen / max(1e-9, seconds),
-                "lr": self.optimizer.param_groups[0]["lr"]}
+        return {"train_loss": t.loss_sum / max(1, t.seen), "train_acc": t.correct / max(1, t.seen),
+                "seconds": t.seconds, "images_per_second": t.seen / max(1e-9, t.seconds),
+                "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": t.skipped}
+
+    def _maybe_checkpoint(self) -> None:
+        every = self.config.checkpoint_every
+        if self._stop is not None and self._stop.signum is not None:
+            path = self.save()
+            raise TrainingInterrupted(self._stop.signum, path)
+        if every and self.global_step % every == 0 and self.tally.step < len(self.loader):
+            self.save()
 
     def evaluate(self, split: str) -> EvalResult:
         c = self.config
@@ -149,24 +243,51 @@ class Trainer:
         row["eval_seconds"] = time.perf_counter() - start
         return row
 
-    def save(self) -> None:
+    def save(self) -> Path:
+        """Checkpoint everything a bit-identical continuation needs; returns the file."""
+        state = self.model.state_dict().items()
+        bad = [k for k, v in state if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise NonFiniteError(f"non-finite values in {bad[:3]} at step {self.global_step}; "
+                                 f"not saved, {self.store.latest} keeps the last good model")
+        rng_plain, rng_tensors = _rng_state()
         meta = {**data_meta(self.data), "config": self.config.to_dict(), "epoch": self.epoch,
-                "history": self.history}
-        save_checkpoint(self.out_dir / CHECKPOINT_NAME, self.model, meta,
-                        optimizer=self.optimizer)
+                "tally": asdict(self.tally), "global_step": self.global_step,
+                "history": self.history, "rng": rng_plain}
+        return self.store.save(self.global_step, self.model, meta, optimizer=self.optimizer,
+                               extra_tensors=rng_tensors)
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Continue from ``ckpt`` (same config): weights, optimizer, position, RNG."""
+        weights = ckpt.section("model")
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(ckpt.optimizer_state())
+        self.epoch = ckpt.meta["epoch"]
+        self.tally = EpochTally(**ckpt.meta["tally"])
+        self.history = list(ckpt.meta["history"])
+        _set_rng_state(ckpt.meta["rng"], ckpt.tensors)
+        self.store.protected.add(ckpt.path.resolve())
 
     def fit(self) -> TrainResult:
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.store.clean_temporaries()
         (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         metrics = self.out_dir / "metrics.jsonl"
-        for epoch in range(self.epoch, self.config.epochs):
-            row = self._end_of_epoch(epoch, self._train_epoch(epoch))
-            self.epoch = epoch + 1
-            self.history.append(row)
-            with metrics.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            self.save()
-            self._report(row)
+        if self.epoch == 0 and self.tally.step == 0:
+            metrics.unlink(missing_ok=True)
+        with GracefulStop() as stop:
+            self._stop = stop
+            try:
+                for epoch in range(self.epoch, self.config.epochs):
+                    row = self._end_of_epoch(epoch, self._train_epoch(epoch))
+                    self.epoch, self.tally = epoch + 1, EpochTally()
+                    self.history.append(row)
+                    with metrics.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    self.save()
+                    self._report(row)
+            finally:
+                self._stop = None
         return self.result()
 
     def _report(self, row: dict[str, Any]) -> None:
@@ -199,7 +320,38 @@ def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None =
           progress: bool = True) -> TrainResult:
     """Train ``config.model`` on ``config.data`` (or ``data``); save the run to ``out_dir``."""
     config.validate()
-    seed_everything(config.seed)
+    _prepare(config)
     data = data if data is not None else load_data(config)
     model = build_model(config, data)
     return Trainer(config, Path(out_dir), data, model, progress=progress).fit()
+
+
+def _prepare(config: TrainConfig) -> None:
+    seed_everything(config.seed)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resume(run_dir: str | Path, *, data: DataSplits | None = None,
+           progress: bool = True) -> TrainResult:
+    """Continue the run in ``run_dir`` from its newest valid checkpoint, with its own config."""
+    return resume_trainer(run_dir, data=data, progress=progress).fit()
+
+
+def resume_trainer(run_dir: str | Path, *, data: DataSplits | None = None,
+                   progress: bool = True) -> Trainer:
+    """The Trainer of ``run_dir``, restored to its newest valid checkpoint, ready to ``fit``."""
+    store = CheckpointStore(Path(run_dir))
+    store.clean_temporaries()
+    ckpt = store.newest_valid()
+    if ckpt is None:
+        raise CheckpointError(f"--resume: no valid checkpoint in {run_dir}")
+    config = TrainConfig.from_dict(ckpt.meta["config"])
+    _prepare(config)
+    data = data if data is not None else load_data(config)
+    if data.digest != ckpt.meta["data_digest"]:
+        raise CheckpointError(f"--resume: the data of {config.data!r} changed since "
+                              f"{ckpt.path} was saved (content digest differs)")
+    trainer = Trainer(config, Path(run_dir), data, build_model(config, data), progress=progress)
+    trainer.restore(ckpt)
+    return trainer
