@@ -15,8 +15,9 @@ import torch
 from hfsnet.cliutil import add_common, data_spec, emit, parse_option
 from hfsnet.data import DataError, load_dataset, normalize, read_image_file
 from hfsnet.errors import HfsnetError
+from hfsnet.interop.tblog import LOG_KINDS
+from hfsnet.interop.training import layer_names, train_config, train_with_log
 from hfsnet.models import list_models
-from hfsnet.train import resolve_config, train
 from hfsnet.train.checkpoint import Checkpoint, load_checkpoint
 from hfsnet.train.config import DEVICES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 from hfsnet.train.evaluate import evaluate
@@ -26,13 +27,13 @@ EXIT_USAGE = 2  # bad input of any kind: argparse's convention
 
 # Subcommands that live beside the package they drive; each module defines
 # ``add_commands(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("hfsnet.analysis.commands",)
+COMMAND_MODULES: tuple[str, ...] = ("hfsnet.interop.commands",)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    config = resolve_config(
-        args.recipe,
-        model=args.model, data=data_spec(args.data), epochs=args.epochs,
+    config = train_config(
+        args.config, args.recipe, share_layers=args.share_layers,
+        model=args.model, data=args.data, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         schedule=args.schedule, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, seed=args.seed, device=args.device,
@@ -41,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cutout=args.cutout,
         model_options=dict(args.model_opt) if args.model_opt else None,
     )
-    result = train(config, args.out, progress=not args.quiet)
+    result = train_with_log(config, args.out, log=args.log, progress=not args.quiet)
     print(f"test accuracy {100 * result.test_acc:.2f}% (loss {result.test_loss:.4f}), "
           f"{result.params:,} params, {result.train_seconds:.1f}s training, "
           f"{result.images_per_second:,.0f} img/s; run saved to {args.out}",
@@ -114,13 +115,22 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _train_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="train a model; writes config, metrics and a checkpoint")
-    p.add_argument("--model", help="registered model name (see `hfsnet models`)")
+    p.add_argument("--model", help="registered model name (see `hfsnet models`), or "
+                   "module.path:factory for your own network (with --share-layers)")
+    p.add_argument("--share-layers", type=layer_names, metavar="A,B,C",
+                   help="layers of a module.path:factory network to fuse (see `hfsnet layers`)")
+    p.add_argument("--config", metavar="FILE",
+                   help="YAML, TOML or JSON of config keys (a run's config.json reproduces it); "
+                        "flags override it")
+    p.add_argument("--log", choices=LOG_KINDS, default="none",
+                   help="tensorboard: also write TensorBoard logs to <out>/tensorboard")
     p.add_argument("--model-opt", action="append", type=parse_option, metavar="KEY=VALUE",
                    help="model constructor option, e.g. growth=16 (repeatable)")
     p.add_argument("--data", help="dataset spec; default $HFSNET_DATA")
     p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run directory")
-    p.add_argument("--recipe", default="default", choices=sorted(RECIPES),
-                   help="named defaults; explicit flags override them")
+    p.add_argument("--recipe", choices=sorted(RECIPES),
+                   help="named defaults (default: the config file's, else 'default'); "
+                        "config files and explicit flags override them")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
