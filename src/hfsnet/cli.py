@@ -27,7 +27,7 @@ EXIT_USAGE = 2  # bad input of any kind: argparse's convention
 
 # Subcommands that live beside the package they drive; each module defines
 # ``add_commands(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("hfsnet.interop.commands",)
+COMMAND_MODULES: tuple[str, ...] = ("hfsnet.interop.commands", "hfsnet.analysis.commands")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
