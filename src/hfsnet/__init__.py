@@ -1,1 +1,3 @@
 from hfsnet.interop.share import share
+
+__all__ = ["share"]
