@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import subprocess
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -16,10 +17,19 @@ from hfsnet.cliutil import add_common, data_spec, emit, parse_option
 from hfsnet.data import DataError, load_dataset, normalize, read_image_file
 from hfsnet.errors import HfsnetError
 from hfsnet.interop.tblog import LOG_KINDS
-from hfsnet.interop.training import layer_names, train_config, train_with_log
+from hfsnet.interop.training import layer_names, prepare_run, train_config, train_with_log
 from hfsnet.models import list_models
-from hfsnet.train.checkpoint import Checkpoint, load_checkpoint
-from hfsnet.train.config import DEVICES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
+from hfsnet.train import TrainingInterrupted, TrainResult, resume
+from hfsnet.train.checkpoint import Checkpoint, CheckpointStore, load_checkpoint
+from hfsnet.train.config import (
+    DEVICES,
+    NONFINITE,
+    OPTIMIZERS,
+    PRECISIONS,
+    RECIPES,
+    SCHEDULES,
+    ConfigError,
+)
 from hfsnet.train.evaluate import evaluate
 from hfsnet.train.runtime import resolve_device
 
@@ -27,10 +37,36 @@ EXIT_USAGE = 2  # bad input of any kind: argparse's convention
 
 # Subcommands that live beside the package they drive; each module defines
 # ``add_commands(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("hfsnet.interop.commands", "hfsnet.analysis.commands")
+COMMAND_MODULES: tuple[str, ...] = ("hfsnet.interop.commands", "hfsnet.analysis.commands",
+                                    "hfsnet.cache.commands")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc is not None:
+        return launch_torchrun(args.nproc, args.argv)
+    try:
+        result = _run_training(args)
+    except TrainingInterrupted as stop:
+        print(f"hfsnet: {stop}", file=sys.stderr)
+        return stop.exit_code
+    print(f"test accuracy {100 * result.test_acc:.2f}% (loss {result.test_loss:.4f}), "
+          f"{result.params:,} params, {result.train_seconds:.1f}s training, "
+          f"{result.images_per_second:,.0f} img/s; run saved to {result.out_dir}",
+          file=sys.stderr if args.json else sys.stdout)
+    payload = result.to_dict()
+    payload.pop("history")
+    emit(args, payload)
+    return 0
+
+
+def _run_training(args: argparse.Namespace) -> TrainResult:
+    """A fresh run, or a resumed one (--resume DIR, or --resume auto with --out DIR)."""
+    prepare_run(args.model, resume=args.resume, log=args.log)
+    if args.resume == "auto":
+        if CheckpointStore(args.out).newest_valid() is not None:
+            return resume(args.out, progress=not args.quiet)
+    elif args.resume:
+        return resume(args.resume, progress=not args.quiet)
     config = train_config(
         args.config, args.recipe, share_layers=args.share_layers,
         model=args.model, data=args.data, epochs=args.epochs,
@@ -41,16 +77,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         image_size=args.image_size, crop_padding=args.crop_padding, flip=args.flip,
         cutout=args.cutout,
         model_options=dict(args.model_opt) if args.model_opt else None,
+        checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
+        nonfinite=args.nonfinite, deterministic=args.deterministic, sync_bn=args.sync_bn,
+        channels_last=args.channels_last,
     )
-    result = train_with_log(config, args.out, log=args.log, progress=not args.quiet)
-    print(f"test accuracy {100 * result.test_acc:.2f}% (loss {result.test_loss:.4f}), "
-          f"{result.params:,} params, {result.train_seconds:.1f}s training, "
-          f"{result.images_per_second:,.0f} img/s; run saved to {args.out}",
-          file=sys.stderr if args.json else sys.stdout)
-    payload = result.to_dict()
-    payload.pop("history")
-    emit(args, payload)
-    return 0
+    return train_with_log(config, args.out, log=args.log, progress=not args.quiet)
 
 
 def _load_for_inference(path: str) -> tuple[Checkpoint, torch.nn.Module]:
@@ -141,6 +172,8 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--precision", choices=PRECISIONS, help="bf16 autocasts on CPU too")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory layout (faster convolutions on CPU and GPU)")
     p.add_argument("--val-split", type=float, help="fraction of train held out, fixed seed")
     p.add_argument("--limit-train", type=int, help="stratified subset of N training images")
     p.add_argument("--image-size", type=int, help="resize images to SIZE x SIZE")
@@ -148,6 +181,20 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips")
     p.add_argument("--cutout", type=int, help="cutout square side in px (0: off)")
+    p.add_argument("--resume", metavar="DIR|auto",
+                   help="continue a run from its newest valid checkpoint (auto: the --out "
+                        "directory if it holds one, else start fresh)")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                   help="also checkpoint every STEPS optimizer steps (default: epoch ends)")
+    p.add_argument("--keep-last", type=int, metavar="K", help="step checkpoints kept (default 2)")
+    p.add_argument("--nonfinite", choices=NONFINITE,
+                   help="on a NaN/Inf loss or gradient: stop (default) or skip the step")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="deterministic algorithms, for bit-exact resume")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N processes (DistributedDataParallel) through torchrun")
+    p.add_argument("--sync-bn", action="store_true", default=None,
+                   help="with several processes: batch-norm statistics over the global batch")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_common(p)
     p.set_defaults(func=cmd_train)
@@ -182,8 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
+    """Re-run this command under torchrun with ``nproc`` local processes; its exit code."""
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    inner = list(argv)
+    at = next(i for i, a in enumerate(inner) if a == "--nproc" or a.startswith("--nproc="))
+    del inner[at : at + (1 if "=" in inner[at] else 2)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "hfsnet", *inner]
+    return subprocess.call(command)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -28,9 +28,9 @@ def labels_of(batches) -> list[int]:
 
 @pytest.mark.parametrize("n, batch_size, drop_last, world_size, expected", [
     (10, 4, False, 1, 3), (10, 4, True, 1, 2), (8, 4, True, 1, 2),
-    (10, 2, False, 3, 2), (10, 3, True, 3, 1), (10, 3, False, 3, 2),
+    (10, 6, False, 3, 2), (10, 6, True, 3, 1), (10, 3, False, 3, 4),
 ])
-def test_length_counts_batches_per_rank(n, batch_size, drop_last, world_size, expected) -> None:
+def test_length_counts_global_batches(n, batch_size, drop_last, world_size, expected) -> None:
     data_loader = loader(numbered(n), batch_size, drop_last=drop_last, world_size=world_size)
     assert len(data_loader) == expected == len(list(data_loader.epoch(0)))
 
@@ -80,28 +80,21 @@ def test_augmentation_differs_between_epochs_and_batches() -> None:
     assert not torch.equal(x0, x1)
 
 
-@pytest.mark.parametrize("n, world_size", [(12, 3), (10, 3), (10, 4), (2, 3)])
-def test_shards_are_equal_slices_that_cover_the_epoch(n, world_size) -> None:
+@pytest.mark.parametrize("n, batch_size, world_size", [(12, 6, 3), (10, 4, 2), (10, 8, 4)])
+def test_ranks_split_each_global_batch_of_a_single_process(n, batch_size, world_size) -> None:
+    """Concatenating the ranks' shards of every batch gives the single-process batch: the same
+    images in the same order with the same augmentation."""
     data = numbered(n)
-    whole = labels_of(loader(data, shuffle=True, seed=7).epoch(2))
-    shards = [labels_of(loader(data, shuffle=True, seed=7, rank=rank,
-                               world_size=world_size).epoch(2)) for rank in range(world_size)]
-    assert len({len(shard) for shard in shards}) == 1  # equal size
-    joined = [label for shard in shards for label in shard]
-    assert set(joined) == set(range(n))
-    padding = len(joined) - n
-    assert 0 <= padding < world_size
-    assert joined == (whole * world_size)[:len(joined)]  # the permutation, wrapped to pad
-
-
-def test_ranks_draw_their_own_augmentation() -> None:
-    same = numbered(1).images.expand(16, 3, 6, 6)  # identical images: only augmentation differs
-    data = ImageSet(same, torch.zeros(16, dtype=torch.int64), ["only"])
-    options = dict(batch_size=8, world_size=2, augment=AugmentConfig(crop_padding=3))
-    (x0, _), = loader(data, rank=0, **options).epoch(0)
-    (x1, _), = loader(data, rank=1, **options).epoch(0)
-    assert not torch.equal(x0, x1)
-    assert torch.equal(x0, next(loader(data, rank=0, **options).epoch(0))[0])
+    options = dict(shuffle=True, seed=7, augment=AugmentConfig(crop_padding=2, cutout=2))
+    whole = list(loader(data, batch_size, **options).epoch(2))
+    shards = [list(loader(data, batch_size, rank=rank, world_size=world_size, **options).epoch(2))
+              for rank in range(world_size)]
+    assert all(len(s) == len(whole) for s in shards)  # every rank takes the same number of steps
+    for step, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([s[step][0] for s in shards]), x)
+        assert torch.equal(torch.cat([s[step][1] for s in shards]), y)
+    sizes = {len(s[0][1]) for s in shards}
+    assert sizes == {batch_size // world_size}
 
 
 def test_channels_last_output() -> None:

@@ -54,6 +54,7 @@ class TrainConfig:
     keep_last: int = 2  # step checkpoints kept in <run>/checkpoints
     nonfinite: str = "stop"  # NaN/Inf loss or gradient: "stop" the run, or "skip" the step
     deterministic: bool = False  # torch deterministic algorithms (bit-exact resume on CPU)
+    sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
 
     def validate(self) -> None:
         checks = [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -13,12 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from hfsnet.data import AugmentConfig, BatchLoader, DataSplits, load_dataset
 from hfsnet.errors import HfsnetError
 from hfsnet.models import FeatureClassifier, create_model
 from hfsnet.train.checkpoint import Checkpoint, CheckpointError, CheckpointStore
-from hfsnet.train.config import TrainConfig
+from hfsnet.train.config import ConfigError, TrainConfig
+from hfsnet.train.distributed import convert_sync_batchnorm, init_distributed
 from hfsnet.train.evaluate import EvalResult, evaluate
 from hfsnet.train.optim import ParamGroup, build_optimizer, set_lr_factor
 from hfsnet.train.progress import Progress
@@ -60,8 +63,16 @@ def build_model(config: TrainConfig, data: DataSplits) -> FeatureClassifier:
 
 
 def load_data(config: TrainConfig) -> DataSplits:
-    return load_dataset(config.data, val_split=config.val_split, limit_train=config.limit_train,
+    """The run's dataset. Under torchrun rank 0 decodes (and caches) first, so the other ranks
+    read the cache instead of decoding the same images concurrently."""
+    ctx = init_distributed(resolve_device(config.device).type)
+    if not ctx.is_main:
+        ctx.barrier()
+    data = load_dataset(config.data, val_split=config.val_split, limit_train=config.limit_train,
                         seed=config.seed, image_size=config.image_size)
+    if ctx.is_main:
+        ctx.barrier()
+    return data
 
 
 StepHook = Callable[[int, float], None]
@@ -136,8 +147,23 @@ class Trainer:
         self.out_dir = out_dir
         self.data = data
         self.device = resolve_device(config.device)
+        self.dist = init_distributed(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if config.batch_size % self.dist.world_size:
+            raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must be a "
+                              f"multiple of the {self.dist.world_size} processes")
+        if config.sync_bn and self.dist.enabled:
+            model = convert_sync_batchnorm(model, self.device.type)  # type: ignore[assignment]
         fmt = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=fmt)
+        # What the steps run: DDP averages gradients over ranks; self.model stays the plain
+        # module that is saved and evaluated.
+        self.train_model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+            torch.manual_seed(config.seed + 1000 * self.dist.rank)  # own dropout per rank
         groups = groups or [ParamGroup("all", list(model.parameters()), config.lr)]
         self.optimizer = build_optimizer(groups, config.optimizer,
                                          weight_decay=config.weight_decay,
@@ -147,7 +173,8 @@ class Trainer:
         self.loader = BatchLoader(data.train, config.batch_size, mean=data.mean, std=data.std,
                                   shuffle=True, augment=augment, seed=config.seed,
                                   drop_last=len(data.train) > config.batch_size,
-                                  device=self.device, channels_last=config.channels_last)
+                                  device=self.device, channels_last=config.channels_last,
+                                  rank=self.dist.rank, world_size=self.dist.world_size)
         self.total_steps = config.epochs * len(self.loader)
         self.store = CheckpointStore(out_dir, keep_last=config.keep_last)
         self.epoch = 0  # completed epochs
@@ -179,7 +206,7 @@ class Trainer:
         set_lr_factor(self.optimizer, lr_factor(self.config.schedule, step, self.total_steps,
                                                 self.config.warmup_fraction))
         with autocast(self.device, self.config.precision):
-            logits = self.model(x)
+            logits = self.train_model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -197,7 +224,7 @@ class Trainer:
         n_batches = len(self.loader)
         t = self.tally
         bar = Progress(n_batches, f"epoch {epoch + 1}/{self.config.epochs}",
-                       enabled=self.progress)
+                       enabled=self.progress and self.dist.is_main)
         for x, y in self.loader.epoch(epoch, start_step=t.step):
             start = time.perf_counter()
             step = self.global_step
@@ -213,15 +240,18 @@ class Trainer:
             bar.update(t.step, t.seen, t.loss_sum / max(1, t.seen), t.correct / max(1, t.seen))
             self._maybe_checkpoint()
         bar.close()
-        return {"train_loss": t.loss_sum / max(1, t.seen), "train_acc": t.correct / max(1, t.seen),
-                "seconds": t.seconds, "images_per_second": t.seen / max(1e-9, t.seconds),
+        loss_sum, correct, seen = self.dist.sum(
+            torch.tensor([t.loss_sum, t.correct, t.seen], dtype=torch.float64)).tolist()
+        return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
+                "seconds": t.seconds, "images_per_second": seen / max(1e-9, t.seconds),
                 "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": t.skipped}
 
     def _maybe_checkpoint(self) -> None:
         every = self.config.checkpoint_every
-        if self._stop is not None and self._stop.signum is not None:
+        signum = self._stop.signum if self._stop is not None else None
+        if self.dist.any(signum is not None):  # every rank stops after the same step
             path = self.save()
-            raise TrainingInterrupted(self._stop.signum, path)
+            raise TrainingInterrupted(signum or signal.SIGTERM, path)
         if every and self.global_step % every == 0 and self.tally.step < len(self.loader):
             self.save()
 
@@ -229,7 +259,7 @@ class Trainer:
         c = self.config
         return evaluate(self.model, getattr(self.data, split), mean=self.data.mean,
                         std=self.data.std, batch_size=c.eval_batch_size, device=self.device,
-                        precision=c.precision, channels_last=c.channels_last)
+                        precision=c.precision, channels_last=c.channels_last, dist=self.dist)
 
     def _end_of_epoch(self, epoch: int, stats: dict[str, float]) -> dict[str, Any]:
         row: dict[str, Any] = {"epoch": epoch + 1, **stats}
@@ -244,7 +274,11 @@ class Trainer:
         return row
 
     def save(self) -> Path:
-        """Checkpoint everything a bit-identical continuation needs; returns the file."""
+        """Checkpoint everything a bit-identical continuation needs; returns the file.
+
+        Only rank 0 writes; the others return the path it writes to."""
+        if not self.dist.is_main:
+            return self.store.latest
         state = self.model.state_dict().items()
         bad = [k for k, v in state if v.is_floating_point() and not v.isfinite().all()]
         if bad:
@@ -269,12 +303,14 @@ class Trainer:
         self.store.protected.add(ckpt.path.resolve())
 
     def fit(self) -> TrainResult:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.store.clean_temporaries()
-        (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
         metrics = self.out_dir / "metrics.jsonl"
-        if self.epoch == 0 and self.tally.step == 0:
-            metrics.unlink(missing_ok=True)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.store.clean_temporaries()
+            (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(),
+                                                                 indent=2))
+            if self.epoch == 0 and self.tally.step == 0:
+                metrics.unlink(missing_ok=True)
         with GracefulStop() as stop:
             self._stop = stop
             try:
@@ -282,8 +318,9 @@ class Trainer:
                     row = self._end_of_epoch(epoch, self._train_epoch(epoch))
                     self.epoch, self.tally = epoch + 1, EpochTally()
                     self.history.append(row)
-                    with metrics.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    if self.dist.is_main:
+                        with metrics.open("a") as f:
+                            f.write(json.dumps(row) + "\n")
                     self.save()
                     self._report(row)
             finally:
@@ -291,7 +328,7 @@ class Trainer:
         return self.result()
 
     def _report(self, row: dict[str, Any]) -> None:
-        if not self.progress:
+        if not (self.progress and self.dist.is_main):
             return
         parts = [f"epoch {row['epoch']}/{self.config.epochs}",
                  f"train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%"]
@@ -312,7 +349,8 @@ class Trainer:
             images_per_second=images / max(1e-9, train_seconds), epochs=self.epoch,
             history=self.history,
         )
-        (self.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+        if self.dist.is_main:
+            (self.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
         return result
 
 
