@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from hfsnet.cli import main
-from hfsnet.interop.tblog import CELL_PX, confusion_image, confusion_table
+from hfsnet.interop.tblog import CELL_PX, LogError, confusion_image, confusion_table
+from hfsnet.interop.training import train_with_log
+from hfsnet.train import TrainConfig
 
 SMALL = ["--model", "hfs", "--model-opt", "stages=[1,1]", "--model-opt", "growth=8",
          "--model-opt", "stem=8", "--batch-size", "16", "--lr", "0.003", "--precision", "fp32",
@@ -36,6 +38,11 @@ def test_missing_tensorboard_is_a_clear_error_before_training(tiny_folder, tmp_p
     assert "--log tensorboard: the tensorboard package is not installed" in err
     assert "hfsnet[tensorboard]" in err
     assert not run.exists()
+
+
+def test_an_unknown_log_kind_is_refused():
+    with pytest.raises(LogError, match="--log must be one of"):
+        train_with_log(TrainConfig(data="unused"), "unused", log="wandb")
 
 
 def test_log_with_resume_is_refused(tmp_path, capsys):

@@ -13,7 +13,13 @@ from typing import Any
 
 from hfsnet.cliutil import data_spec
 from hfsnet.interop.config_files import read_config_file
-from hfsnet.interop.tblog import LOG_DIR, LogError, TensorBoardLogger, summary_writer_class
+from hfsnet.interop.tblog import (
+    LOG_DIR,
+    LOG_KINDS,
+    LogError,
+    TensorBoardLogger,
+    summary_writer_class,
+)
 from hfsnet.interop.user_models import is_user_spec, register_user_model
 from hfsnet.train import TrainConfig, Trainer, TrainResult, resolve_config, train
 from hfsnet.train.loop import build_model, load_data
@@ -63,6 +69,8 @@ def train_with_log(config: TrainConfig, out_dir: str | Path, *, log: str = "none
                    progress: bool = True) -> TrainResult:
     """``hfsnet.train.train``, with TensorBoard logs in ``out_dir/tensorboard`` when ``log`` is
     "tensorboard"."""
+    if log not in LOG_KINDS:
+        raise LogError(f"--log must be one of {LOG_KINDS}, got {log!r}")
     if log == "none":
         return train(config, out_dir, progress=progress)
     summary_writer_class()  # fail before loading data when tensorboard is missing
