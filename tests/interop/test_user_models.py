@@ -106,3 +106,11 @@ def test_bad_user_models_exit_2_with_a_message(usernets, tiny_folder, tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("hfsnet: error:") and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_network_with_control_flow_trains(usernets, tiny_folder, tmp_path, capsys):
+    assert main(["train", "--model", "hfsnet_test_usernets:branchy", "--share-layers",
+                 "common,deep", "--data", str(tiny_folder), "--out", str(tmp_path / "r"),
+                 "--lr", "0.003", "--json", *FAST]) == 0
+    result = last_json(capsys)
+    assert result["test_acc"] > 0.6  # 3 classes: chance is 0.33
