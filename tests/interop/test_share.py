@@ -150,3 +150,22 @@ def test_the_dry_run_leaves_batchnorm_statistics_and_mode_alone(usernets):
     assert net.training
     torch.testing.assert_close(net.layer1.bn1.running_mean, torch.zeros(8))
     assert int(net.layer1.bn1.num_batches_tracked) == 0
+
+
+def test_parameters_used_only_after_the_deepest_tap_are_frozen(usernets):
+    net = usernets.TinyResNet()
+    model = share(net, layers=["layer1", "layer2.conv1"])
+    assert model.frozen == ["layer2.bn1.weight", "layer2.bn1.bias", "layer2.conv2.weight",
+                            "layer2.bn2.weight", "layer2.bn2.bias", "layer2.down.weight",
+                            "layer2.down.bias", "fc.weight", "fc.bias"]
+    assert not net.fc.weight.requires_grad and net.layer2.conv1.weight.requires_grad
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    # What DistributedDataParallel requires: every trainable parameter gets a gradient.
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_a_layer_no_dry_run_reached_stays_trainable(usernets):
+    net = usernets.Branchy()
+    model = share(net, layers=["common"])
+    assert model.frozen == ["deep.weight", "deep.bias"]
+    assert net.rare.weight.requires_grad  # another input may take that branch

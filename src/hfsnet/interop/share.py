@@ -3,7 +3,9 @@
 Taps are forward hooks, not ``torch.fx``: symbolic tracing fails on networks whose ``forward``
 branches on tensor values (an ``if x.mean() > 0``), while a hook sees whatever branch ran. Once
 the deepest tap has fired, the hook stops the backbone's forward (the network's own classifier
-and anything else after the taps never runs).
+and anything else after the taps never runs), and the parameters of what runs only after it are
+frozen: they can never get a gradient, and DistributedDataParallel requires every trainable
+parameter to get one.
 """
 
 from __future__ import annotations
@@ -35,26 +37,38 @@ class _StopForward(Exception):
 
 
 Hook = Callable[[nn.Module, object, object], None]
+PreHook = Callable[[nn.Module, object], None]
 
 
 @dataclass(frozen=True)
 class _Call:
-    """One module call seen in a dry run; ``version`` is the output's in-place version then."""
+    """One module call seen in a dry run: its output, the output's in-place version counter at
+    the time, and how many module calls had started by then."""
 
     name: str
     output: torch.Tensor
     version: int
+    started: int
+
+
+@dataclass
+class _DryRun:
+    calls: list[_Call]  # completed calls with a tensor output, in completion order
+    starts: list[str]  # every module call (the root is ""), in start order
 
 
 @contextlib.contextmanager
-def _hooks(backbone: nn.Module, hooks: Mapping[str, Hook]) -> Iterator[None]:
-    """Forward hooks on the named submodules for the duration of the block.
+def _hooks(backbone: nn.Module, hooks: Mapping[str, Hook],
+           pre_hooks: Mapping[str, PreHook] | None = None) -> Iterator[None]:
+    """Forward (and forward-pre) hooks on the named submodules for the duration of the block.
 
     Hooks live only as long as one forward pass, so copies of the model (``copy.deepcopy``)
     never share a hook that writes into the original.
     """
     modules = dict(backbone.named_modules())
     handles = [modules[name].register_forward_hook(hook) for name, hook in hooks.items()]
+    handles += [modules[name].register_forward_pre_hook(hook)
+                for name, hook in (pre_hooks or {}).items()]
     try:
         yield
     finally:
@@ -74,28 +88,54 @@ def _dry_input(backbone: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
     return torch.randn(DRY_RUN_BATCH, *input_shape, generator=generator).to(device)
 
 
-def _record_outputs(backbone: nn.Module, input_shape: Sequence[int]) -> list[_Call]:
-    """Every submodule call of a forward pass of ``input_shape`` (C, H, W) images, in order.
+def _dry_run(backbone: nn.Module, input_shape: Sequence[int]) -> _DryRun:
+    """Every module call of a forward pass of ``input_shape`` (C, H, W) images, in order.
 
     Runs in eval mode without gradients, so BatchNorm running statistics stay untouched.
     """
-    calls: list[_Call] = []
+    run = _DryRun([], [])
 
     def record(name: str) -> Hook:
         def hook(_module: nn.Module, _inputs: object, output: object) -> None:
             if isinstance(output, torch.Tensor):
-                calls.append(_Call(name, output, output._version))
+                run.calls.append(_Call(name, output, output._version, len(run.starts)))
         return hook
 
+    def start(name: str) -> PreHook:
+        return lambda _module, _inputs: run.starts.append(name)
+
+    names = [name for name, _ in backbone.named_modules()]
     was_training = backbone.training
     backbone.eval()
     try:
-        with _hooks(backbone, {n: record(n) for n, _ in backbone.named_modules() if n}):
+        with _hooks(backbone, {n: record(n) for n in names if n}, {n: start(n) for n in names}):
             with torch.no_grad():
                 backbone(_dry_input(backbone, input_shape))
     finally:
         backbone.train(was_training)
-    return calls
+    return run
+
+
+def _freeze_after(backbone: nn.Module, starts: Sequence[str], boundary: int) -> list[str]:
+    """Freeze the parameters used only by modules that first start after the first
+    ``boundary`` module calls; returns their names."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(starts):
+        first.setdefault(name, i)
+    live: set[int] = set()
+    late: dict[int, tuple[str, nn.Parameter]] = {}
+    for name, module in backbone.named_modules():
+        # A module the dry run never called may run on other inputs (another branch).
+        module_is_live = name not in first or first[name] < boundary
+        for pname, param in module.named_parameters(recurse=False):
+            if module_is_live:
+                live.add(id(param))
+            else:
+                late[id(param)] = (f"{name}.{pname}" if name else pname, param)
+    frozen = [(name, param) for pid, (name, param) in late.items() if pid not in live]
+    for _, param in frozen:
+        param.requires_grad_(False)
+    return [name for name, _ in frozen]
 
 
 def _shapes(calls: Sequence[_Call]) -> dict[str, tuple[int, ...]]:
@@ -116,7 +156,7 @@ def tappable_layers(backbone: nn.Module,
     Maps each name to its output shape without the batch dimension, in the order the outputs
     appear in a forward pass of ``input_shape`` (C, H, W) images.
     """
-    return _shapes(_record_outputs(backbone, input_shape))
+    return _shapes(_dry_run(backbone, input_shape).calls)
 
 
 def _check_names(backbone: nn.Module, layers: Sequence[str], calls: Sequence[_Call],
@@ -185,7 +225,8 @@ class SharedClassifier(FeatureClassifier):
     """Any ``nn.Module`` as a multi-level feature-sharing classifier.
 
     ``forward_features`` returns the tapped layers' outputs, shallowest (first to be computed)
-    first; ``stage_names`` are the layer names in that order.
+    first; ``stage_names`` are the layer names in that order. ``frozen`` names the backbone
+    parameters that only layers after the deepest tap use, now ``requires_grad=False``.
     """
 
     def __init__(self, backbone: nn.Module, layers: Sequence[str], *, num_classes: int = 10,
@@ -193,7 +234,8 @@ class SharedClassifier(FeatureClassifier):
                  pool: str = "gap", proj: int = 256, dropout: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
-        calls = _record_outputs(backbone, input_shape)
+        dry = _dry_run(backbone, input_shape)
+        calls = dry.calls
         _check_names(backbone, layers, calls, input_shape)
         shapes = _shapes(calls)
         order = list(shapes)
@@ -207,6 +249,7 @@ class SharedClassifier(FeatureClassifier):
         last = self.layers[-1]
         once = sum(call.name == last for call in tapped) == 1
         self._stop_at = last if once and tapped[-1].name == last else None
+        self.frozen = _freeze_after(backbone, dry.starts, tapped[-1].started)
         self.head = SharedHead(self._channels, num_classes, fuse=fuse, pool=pool, proj=proj,
                                dropout=dropout)
 
