@@ -64,14 +64,16 @@ def confusion_table(confusion: list[list[int]], classes: list[str]) -> str:
 
 class TensorBoardLogger:
     """Attach to a Trainer before ``fit``; :meth:`finish` after it succeeds, :meth:`close` in
-    any case."""
+    any case. Under DDP every rank creates one; only rank 0 writes, like the trainer."""
 
     def __init__(self, trainer: Trainer, log_dir: Path) -> None:
         self.trainer = trainer
-        self.writer: Any = summary_writer_class()(log_dir=str(log_dir))
         self.logged_epochs = 0
-        trainer.step_hooks.append(self.on_step)
-        trainer.epoch_hooks.append(self.on_epoch_start)
+        self.writer: Any = None
+        if trainer.dist.is_main:
+            self.writer = summary_writer_class()(log_dir=str(log_dir))
+            trainer.step_hooks.append(self.on_step)
+            trainer.epoch_hooks.append(self.on_epoch_start)
 
     def on_step(self, step: int, loss: float) -> None:
         self.writer.add_scalar("loss/train_step", loss, step)
@@ -88,18 +90,17 @@ class TensorBoardLogger:
                     self.writer.add_scalar(tag, row[key], row["epoch"])
         self.logged_epochs = len(self.trainer.history)
 
-    def log_confusion(self) -> None:
-        result = self.trainer.evaluate("test")
-        classes = self.trainer.data.classes
-        self.writer.add_image("test/confusion", confusion_image(result.confusion),
-                              self.trainer.epoch)
-        self.writer.add_text("test/confusion", confusion_table(result.confusion, classes),
-                             self.trainer.epoch)
-
     def finish(self) -> None:
         """After a completed ``fit``: the last epoch and the test confusion matrix."""
+        result = self.trainer.evaluate("test")  # on every rank: DDP shards the evaluation
+        if self.writer is None:
+            return
         self.log_epochs()
-        self.log_confusion()
+        step = self.trainer.epoch
+        self.writer.add_image("test/confusion", confusion_image(result.confusion), step)
+        self.writer.add_text("test/confusion",
+                             confusion_table(result.confusion, self.trainer.data.classes), step)
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()

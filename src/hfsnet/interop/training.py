@@ -3,6 +3,10 @@
 Precedence, lowest first: TrainConfig defaults, the recipe (``--recipe``, else the file's), the
 config file, command-line flags. ``--model-opt`` and ``--share-layers`` update the file's
 ``model_options`` key by key.
+
+``--log tensorboard`` needs the Trainer before ``fit`` to attach its hooks, and
+``hfsnet.train.train`` builds and fits in one call, so :func:`train_with_log` repeats its setup;
+keep the two in step.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from hfsnet.cliutil import data_spec
 from hfsnet.interop.config_files import read_config_file
@@ -75,7 +81,10 @@ def train_with_log(config: TrainConfig, out_dir: str | Path, *, log: str = "none
         return train(config, out_dir, progress=progress)
     summary_writer_class()  # fail before loading data when tensorboard is missing
     config.validate()
+    # What hfsnet.train.train does before building its Trainer (see the module docstring).
     seed_everything(config.seed)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     data = load_data(config)
     trainer = Trainer(config, Path(out_dir), data, build_model(config, data), progress=progress)
     logger = TensorBoardLogger(trainer, Path(out_dir) / LOG_DIR)
