@@ -10,7 +10,7 @@ import torch
 
 from .augment import AugmentConfig, augment
 from .imageset import ImageSet
-from .stats import normalize_affine
+from .stats import apply_affine, normalize_affine
 
 
 def seeded_generator(*key: int) -> torch.Generator:
@@ -89,5 +89,5 @@ class BatchLoader:
             yield self._normalized(images), labels
 
     def _normalized(self, images: torch.Tensor) -> torch.Tensor:
-        x = torch.addcmul(self.shift, images.float(), self.scale)
+        x = apply_affine(images, self.scale, self.shift)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
