@@ -1,0 +1,186 @@
+"""Feature caches on disk: float16 memory-mapped ``.npy`` arrays plus a JSON manifest.
+
+A cache lives in ``<root>/<key digest>/``; the key is everything that decides its contents (trunk
+weights, data, preprocessing, levels, pooling), so a changed input gets a new directory and the
+same input finds the old one. A cache is built in a temporary directory under ``<root>`` and
+renamed into place only once complete: an interrupted build is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib.format import open_memmap
+
+from hfsnet.cache.errors import CacheError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SPLITS = ("train", "test")
+BLOCK = 1 << 22  # bytes hashed per read
+
+# Key field -> how an error message names it.
+KEY_FIELDS = {"trunk": "trunk (model and weights)", "data": "data (images and labels)",
+              "preprocessing": "preprocessing", "levels": "levels", "pool": "pooling"}
+
+
+@dataclass
+class CacheKey:
+    """Everything that decides a cache's contents."""
+
+    trunk: dict[str, Any]  # model name, options and weights digest
+    data: str  # content digest of the images, labels and class names
+    preprocessing: dict[str, Any]  # normalisation, image size, precision
+    levels: list[int]
+    pool: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (lists, not tuples), so a key read back from a manifest compares
+        equal to the one it was made from."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def digest(self) -> str:
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass
+class FeatureCache:
+    """An opened, verified cache."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    def features(self, split: str) -> np.ndarray:
+        """N x D float16, memory-mapped read-only."""
+        return np.load(self.path / f"{split}_features.npy", mmap_mode="r")
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.load(self.path / f"{split}_labels.npy")
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return self.manifest["key"]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest["classes"]
+
+    @property
+    def width(self) -> int:
+        return int(self.manifest["width"])
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while block := file.read(BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def array_name(split: str, kind: str) -> str:
+    return f"{split}_{kind}"
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise CacheError(f"{path}: no {MANIFEST}: not a feature cache") from None
+    except (OSError, ValueError) as err:
+        raise CacheError(f"{path / MANIFEST}: unreadable manifest ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise CacheError(f"{path / MANIFEST}: not a version-{FORMAT_VERSION} cache manifest")
+    return manifest
+
+
+def _verify_arrays(path: Path, manifest: dict[str, Any]) -> None:
+    """Every array the manifest lists exists, has its shape and dtype, and its checksum."""
+    for name, entry in manifest["arrays"].items():
+        file = path / f"{name}.npy"
+        if not file.is_file():
+            raise CacheError(f"{file}: array missing from the cache")
+        try:
+            array = np.load(file, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise CacheError(f"{file}: unreadable array ({err})") from None
+        if list(array.shape) != entry["shape"] or str(array.dtype) != entry["dtype"]:
+            raise CacheError(f"{file}: array is {array.dtype} {list(array.shape)}, the manifest "
+                             f"says {entry['dtype']} {entry['shape']}")
+        if file_sha256(file) != entry["sha256"]:
+            raise CacheError(f"{file}: checksum mismatch: the array is corrupt")
+
+
+def open_cache(path: Path) -> FeatureCache:
+    """Open the cache at ``path`` after checking its manifest and every array's checksum."""
+    manifest = _read_manifest(path)
+    _verify_arrays(path, manifest)
+    return FeatureCache(path, manifest)
+
+
+def check_key(cache: FeatureCache, wanted: CacheKey) -> None:
+    """Raise naming each key field (trunk, data, ...) where ``cache`` differs from ``wanted``."""
+    differ = [label for field, label in KEY_FIELDS.items()
+              if cache.key.get(field) != wanted.to_dict()[field]]
+    if differ:
+        raise CacheError(f"{cache.path}: cache does not match the request: its "
+                         f"{', '.join(differ)} differ")
+
+
+ArrayWriter = Callable[[Callable[[str, tuple[int, ...], str], np.ndarray]], dict[str, Any]]
+
+
+def build_cache(root: Path, key: CacheKey, fill: ArrayWriter) -> FeatureCache:
+    """Build the cache for ``key`` under ``root`` and return it opened.
+
+    ``fill(allocate)`` creates arrays with ``allocate(name, shape, dtype)`` (a writable memmap)
+    and returns manifest fields of its own (classes, widths...). Any existing cache for the key is
+    replaced only after the new one is complete.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / key.digest()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    try:
+        arrays: dict[str, dict[str, Any]] = {}
+        maps: list[np.memmap] = []
+
+        def allocate(name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+            arrays[name] = {"shape": list(shape), "dtype": dtype}
+            maps.append(open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape))
+            return maps[-1]
+
+        extra = fill(allocate)
+        for array in maps:
+            array.flush()
+        maps.clear()
+        for name, entry in arrays.items():
+            entry["sha256"] = file_sha256(tmp / f"{name}.npy")
+        manifest = {"format_version": FORMAT_VERSION, "key": key.to_dict(),
+                    "key_digest": key.digest(), **extra, "arrays": arrays}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        _move_into_place(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_cache(final)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an old ``final`` is first renamed aside, then deleted."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.{os.getpid()}.old")
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

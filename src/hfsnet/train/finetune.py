@@ -1,0 +1,190 @@
+"""Fine-tuning a trained network on new data: one learning rate for the trunk and another for the
+head, an optional head-only phase with the trunk frozen, stage-by-stage unfreezing, and a new head
+when the class set changes (fresh, or fitted on the trunk's feature cache first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from hfsnet.cache.fit import HeadOptions, cache_for, fit_cached_head
+from hfsnet.cache.head import install_head
+from hfsnet.cache.source import Source, for_trunk
+from hfsnet.data import DataSplits
+from hfsnet.errors import HfsnetError
+from hfsnet.models import FeatureClassifier
+from hfsnet.train.config import ConfigError, TrainConfig
+from hfsnet.train.loop import Trainer, TrainResult
+from hfsnet.train.optim import ParamGroup
+from hfsnet.train.runtime import seed_everything
+
+TRUNK_LR_RATIO = 0.2  # the seed's fine-tuning rate: 0.2 x the head's
+UNFREEZE = ("all", "gradual")
+HEAD_INITS = ("auto", "reset", "cache")
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@dataclass
+class FinetuneOptions:
+    """``head_lr`` None: the config's lr; ``trunk_lr`` None: 0.2 x ``head_lr``.
+
+    ``head_init``: ``auto`` keeps the head when the class list is unchanged and replaces the
+    classifier otherwise; ``reset`` always replaces it; ``cache`` fits a new linear head by ridge
+    on the trunk's feature cache of the new data (under ``cache``) before training.
+    """
+
+    head_lr: float | None = None
+    trunk_lr: float | None = None
+    freeze_epochs: int = 0
+    unfreeze: str = "all"
+    train_bn: bool = False
+    head_init: str = "auto"
+    cache: Path | None = None  # default: feature-cache/ beside the source checkpoint
+    head: HeadOptions = field(default_factory=HeadOptions)
+
+    def rates(self, config: TrainConfig) -> tuple[float, float]:
+        head_lr = self.head_lr if self.head_lr is not None else config.lr
+        return head_lr, self.trunk_lr if self.trunk_lr is not None else TRUNK_LR_RATIO * head_lr
+
+    def validate(self, config: TrainConfig) -> None:
+        head_lr, trunk_lr = self.rates(config)
+        checks = [
+            (head_lr > 0, "--head-lr must be > 0", head_lr),
+            (trunk_lr > 0, "--trunk-lr must be > 0 (freeze with --freeze-epochs)", trunk_lr),
+            (0 <= self.freeze_epochs <= config.epochs,
+             f"--freeze-epochs must be in [0, --epochs={config.epochs}]", self.freeze_epochs),
+            (self.unfreeze in UNFREEZE, f"--unfreeze must be one of {UNFREEZE}", self.unfreeze),
+            (self.head_init in HEAD_INITS, f"--head-init must be one of {HEAD_INITS}",
+             self.head_init),
+        ]
+        for ok, message, value in checks:
+            if not ok:
+                raise ConfigError(f"{message}, got {value!r}")
+
+
+def param_groups(model: FeatureClassifier, head_lr: float, trunk_lr: float) -> list[ParamGroup]:
+    """The head and the trunk as two optimizer groups with their own base learning rates."""
+    return [ParamGroup("head", model.head_parameters(), head_lr),
+            ParamGroup("trunk", model.trunk_parameters(), trunk_lr)]
+
+
+def stage_modules(model: FeatureClassifier) -> list[list[nn.Module]]:
+    """The trunk's modules per stage, shallowest first; modules before the stages (a stem) count
+    as part of the first stage. The stages are the model's one ``ModuleList`` child holding one
+    module per level of ``forward_features``."""
+    n = len(model.stage_channels())
+    children = [m for m in model.children() if m is not model.head]
+    lists = [m for m in children if isinstance(m, nn.ModuleList) and len(m) == n]
+    if len(lists) != 1:
+        raise HfsnetError(f"--unfreeze gradual: cannot tell the {n} stages of model "
+                          f"{model.model_name!r} apart; use --unfreeze all")
+    stages: list[list[nn.Module]] = [[m] for m in lists[0]]
+    stages[0] = [m for m in children if m is not lists[0]] + stages[0]
+    return stages
+
+
+class FreezeSchedule:
+    """An epoch hook: the trunk is frozen for ``freeze_epochs``, then unfrozen at once
+    (``all``) or one stage per epoch from the deepest (``gradual``).
+
+    A frozen stage gets no gradients and, unless ``train_bn``, runs in eval mode so its batch
+    norm statistics (and dropout) stay fixed: its weights and buffers come out bit-identical.
+    With ``train_bn`` its norm layers keep training (affine weights and running statistics).
+    """
+
+    def __init__(self, model: FeatureClassifier, freeze_epochs: int, unfreeze: str = "all",
+                 train_bn: bool = False) -> None:
+        self.stages = stage_modules(model) if unfreeze == "gradual" else [
+            [m for m in model.children() if m is not model.head]]
+        self.freeze_epochs = freeze_epochs
+        self.unfreeze = unfreeze
+        self.train_bn = train_bn
+
+    def frozen(self, epoch: int) -> list[int]:
+        """Indices of the stages frozen during ``epoch`` (0-based)."""
+        n = len(self.stages)
+        if epoch < self.freeze_epochs:
+            return list(range(n))
+        if self.unfreeze == "all":
+            return []
+        return list(range(max(0, n - (epoch - self.freeze_epochs + 1))))
+
+    def __call__(self, trainer: Trainer, epoch: int) -> None:
+        frozen = set(self.frozen(epoch))
+        for index, modules in enumerate(self.stages):
+            for module in modules:
+                self._set(module, index in frozen)
+
+    def _set(self, module: nn.Module, frozen: bool) -> None:
+        for param in module.parameters():
+            param.requires_grad = not frozen
+        if not frozen:
+            return
+        if self.train_bn:
+            for norm in module.modules():
+                if isinstance(norm, NORMS):
+                    for param in norm.parameters():
+                        param.requires_grad = True
+        else:
+            module.eval()
+
+
+def prepare_head(source: Source, data: DataSplits, options: FinetuneOptions) -> dict[str, Any]:
+    """Give ``source.model`` the head fine-tuning starts from; returns what was done."""
+    model = source.model
+    same_classes = data.classes == source.classes
+    if options.head_init == "cache":
+        ridge = dataclasses.replace(options.head, method="ridge", hidden=0)
+        root = options.cache or source.checkpoint.path.parent / "feature-cache"
+        found = cache_for(model, data, root, ridge)
+        head, details = fit_cached_head(found.cache, model.stage_channels(), ridge)
+        install_head(model, head)
+        return {"head": "ridge on the feature cache", "cache_path": str(found.cache.path),
+                "cache_built": found.built, "cache_seconds": found.seconds, **details}
+    if options.head_init == "reset" or not same_classes:
+        model.reset_classifier(data.num_classes)
+        return {"head": "classifier reset"}
+    return {"head": "kept"}
+
+
+def build_finetuner(source: Source, data: DataSplits, config: TrainConfig, out_dir: Path,
+                    options: FinetuneOptions, *, progress: bool = True) -> tuple[Trainer,
+                                                                            dict[str, Any]]:
+    """A Trainer over ``data`` for ``source.model`` with a head group and a trunk group, the
+    freeze schedule hooked in; and a record of the fine-tuning settings."""
+    config.validate()
+    options.validate(config)
+    data = for_trunk(source, data)
+    seed_everything(config.seed)
+    head_info = prepare_head(source, data, options)
+    model = source.model
+    config = dataclasses.replace(config, model=model.model_name,
+                                 model_options=model.model_options,
+                                 image_size=source.config.get("image_size"))
+    head_lr, trunk_lr = options.rates(config)
+    trainer = Trainer(config, out_dir, data, model,
+                      groups=param_groups(model, head_lr, trunk_lr), progress=progress)
+    if options.freeze_epochs or options.unfreeze == "gradual":
+        trainer.epoch_hooks.append(FreezeSchedule(model, options.freeze_epochs,
+                                                  options.unfreeze, options.train_bn))
+    record = {"source": str(source.checkpoint.path), "head_lr": head_lr, "trunk_lr": trunk_lr,
+              "freeze_epochs": options.freeze_epochs, "unfreeze": options.unfreeze,
+              "train_bn": options.train_bn, "head_init": options.head_init,
+              "source_classes": source.classes, "classes": data.classes, **head_info}
+    return trainer, record
+
+
+def finetune(source: Source, data: DataSplits, config: TrainConfig, out_dir: str | Path,
+             options: FinetuneOptions, *, progress: bool = True) -> TrainResult:
+    """Fine-tune ``source.model`` on ``data``; the run directory gets ``finetune.json`` too."""
+    out = Path(out_dir)
+    trainer, record = build_finetuner(source, data, config, out, options, progress=progress)
+    result = trainer.fit()
+    (out / "finetune.json").write_text(json.dumps(record, indent=2))
+    return result
