@@ -1,0 +1,56 @@
+"""A shared user network goes through cache, fit-head, finetune and summary unchanged.
+
+These commands rebuild a checkpoint's model through the registry, where the user network is
+registered once a command in this process named it (here: the training run).
+"""
+
+import json
+
+from hfsnet.analysis.summary import summarize
+from hfsnet.cli import main
+from hfsnet.interop.user_models import register_user_model
+from hfsnet.models import create_model
+
+RESNET = "hfsnet_test_usernets:tiny_resnet"
+
+
+def last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_cache_and_fit_head_on_a_shared_network(shared_run, tiny_folder, tmp_path, capsys):
+    run, _ = shared_run
+    assert main(["cache", "--checkpoint", str(run), "--data", str(tiny_folder), "--json"]) == 0
+    cache = last_json(capsys)
+    assert cache["width"] == 6 + 12  # the two taps, average-pooled
+    assert cache["shapes"]["train_features"] == [72, 18]
+    head_run = tmp_path / "head"
+    assert main(["fit-head", "--checkpoint", str(run), "--data", str(tiny_folder), "--out",
+                 str(head_run), "--json"]) == 0
+    assert last_json(capsys)["test_acc"] > 0.6
+
+
+def test_finetune_a_shared_network(shared_run, tiny_folder, tmp_path, capsys):
+    run, _ = shared_run
+    out = tmp_path / "tuned"
+    assert main(["finetune", "--checkpoint", str(run), "--data", str(tiny_folder), "--out",
+                 str(out), "--epochs", "1", "--batch-size", "16", "--precision", "fp32",
+                 "--freeze-epochs", "0", "--quiet", "--json"]) == 0
+    assert last_json(capsys)["test_acc"] > 0.6
+
+
+def test_summary_counts_the_shared_network(usernets):
+    register_user_model(RESNET)
+    model = create_model(RESNET, num_classes=3, share_layers=["layer1", "layer2"],
+                         share_proj=16, width=6)
+    summary = summarize(model, (3, 32, 32), batch_size=2)
+    assert summary.totals.params == sum(p.numel() for p in model.parameters())
+    assert summary.totals.params > 0
+
+
+def test_the_summary_command_takes_a_registered_user_network(usernets, capsys):
+    register_user_model(RESNET)
+    assert main(["summary", RESNET, "--model-opt", "share_layers=layer1,layer2",
+                 "--no-memory", "--json"]) == 0
+    model = create_model(RESNET, share_layers="layer1,layer2")
+    assert last_json(capsys)["totals"]["params"] == sum(p.numel() for p in model.parameters())
