@@ -42,9 +42,9 @@ def load_cached(cache_dir: Path, key: str) -> Decoded | None:
         arrays = {name: torch.from_numpy(np.load(folder / f"{name}.npy")) for name in ARRAYS}
         train = ImageSet(arrays["train_images"], arrays["train_labels"], meta["classes"])
         test = ImageSet(arrays["test_images"], arrays["test_labels"], meta["classes"])
+        return Decoded(train, test, meta["bad"])
     except (OSError, ValueError, KeyError):  # missing, partial or foreign: decode again
         return None
-    return Decoded(train, test, meta["bad"])
 
 
 def save_cached(cache_dir: Path, key: str, decoded: Decoded) -> None:
