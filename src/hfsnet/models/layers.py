@@ -42,20 +42,18 @@ class DenseLayer(nn.Module):
     ) -> None:
         super().__init__()
         width = bottleneck * growth if bottleneck else in_ch
+        # ``squeeze`` is everything before the 3x3 conv: with preact that includes the 3x3
+        # conv's own norm+ReLU, so the memory-efficient path stores only the 3x3 conv's input.
+        squeeze: list[nn.Module] = []
         if bottleneck:
-            self.squeeze: nn.Module = conv_unit(in_ch, width, 1, norm=norm, preact=preact)
-        elif preact:
-            pre = [nn.BatchNorm2d(in_ch)] if norm else []
-            self.squeeze = nn.Sequential(*pre, nn.ReLU())
+            squeeze += conv_unit(in_ch, width, 1, norm=norm, preact=preact)
+        if preact:
+            squeeze += [nn.BatchNorm2d(width)] if norm else []
+            squeeze.append(nn.ReLU(inplace=bool(bottleneck)))  # never in place on the input
+            self.grow: nn.Module = nn.Conv2d(width, growth, 3, padding=1, bias=not norm)
         else:
-            self.squeeze = nn.Identity()
-        # With preact the norm+ReLU of the 3x3 conv act on the squeezed map, so they belong to
-        # it only when a bottleneck made a new map; otherwise squeeze already applied them.
-        grow_pre = preact and bool(bottleneck)
-        if preact and not bottleneck:
-            self.grow = nn.Conv2d(width, growth, 3, padding=1, bias=not norm)
-        else:
-            self.grow = conv_unit(width, growth, 3, norm=norm, preact=grow_pre)
+            self.grow = conv_unit(width, growth, 3, norm=norm, preact=False)
+        self.squeeze = nn.Sequential(*squeeze)
         self.dropout = nn.Dropout2d(dropout) if dropout else nn.Identity()
         self.memory_efficient = memory_efficient
 
