@@ -79,7 +79,7 @@ def _run_training(args: argparse.Namespace) -> TrainResult:
         model_options=dict(args.model_opt) if args.model_opt else None,
         checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
         nonfinite=args.nonfinite, deterministic=args.deterministic, sync_bn=args.sync_bn,
-        channels_last=args.channels_last,
+        channels_last=args.channels_last, skip_bad=args.skip_bad,
     )
     return train_with_log(config, args.out, log=args.log, progress=not args.quiet)
 
@@ -177,6 +177,8 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--val-split", type=float, help="fraction of train held out, fixed seed")
     p.add_argument("--limit-train", type=int, help="stratified subset of N training images")
     p.add_argument("--image-size", type=int, help="resize images to SIZE x SIZE")
+    p.add_argument("--skip-bad", action="store_true", default=None,
+                   help="skip unreadable image files (reported) instead of failing")
     p.add_argument("--crop-padding", type=int, help="random-crop padding in px (0: off)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="random horizontal flips")

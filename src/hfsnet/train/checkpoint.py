@@ -136,12 +136,15 @@ class Checkpoint:
         if bad:
             raise CheckpointError(f"{self.path}: non-finite weights in {bad[:3]}; refusing to "
                                   f"use them")
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        if missing or unexpected:
+        expected = model.state_dict()
+        misfit = [k for k, v in expected.items() if k not in weights or weights[k].shape != v.shape]
+        unexpected = [k for k in weights if k not in expected]
+        if misfit or unexpected:
             raise CheckpointError(
                 f"{self.path}: weights do not fit model {meta['model']!r} "
-                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+                f"(missing or misshapen {misfit[:5]}, unexpected {unexpected[:5]})"
             )
+        model.load_state_dict(weights)
         return model
 
 

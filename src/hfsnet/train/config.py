@@ -31,6 +31,7 @@ class TrainConfig:
     val_split: float = 0.0
     limit_train: int | None = None
     image_size: int | None = None
+    skip_bad: bool = False  # leave unreadable image files out (and report them) instead of failing
     recipe: str = "default"
     epochs: int = 3
     batch_size: int = 64

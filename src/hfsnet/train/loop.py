@@ -69,7 +69,8 @@ def load_data(config: TrainConfig) -> DataSplits:
     if not ctx.is_main:
         ctx.barrier()
     data = load_dataset(config.data, val_split=config.val_split, limit_train=config.limit_train,
-                        seed=config.seed, image_size=config.image_size)
+                        seed=config.seed, image_size=config.image_size,
+                        skip_bad=config.skip_bad)
     if ctx.is_main:
         ctx.barrier()
     return data
