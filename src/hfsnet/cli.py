@@ -18,6 +18,7 @@ from hfsnet.data import DataError, load_dataset, normalize, read_image_file
 from hfsnet.errors import HfsnetError
 from hfsnet.interop.tblog import LOG_KINDS
 from hfsnet.interop.training import layer_names, prepare_run, train_config, train_with_log
+from hfsnet.interop.user_models import model_from_checkpoint
 from hfsnet.models import list_models
 from hfsnet.train import TrainingInterrupted, TrainResult, resume
 from hfsnet.train.checkpoint import Checkpoint, CheckpointStore, load_checkpoint
@@ -84,15 +85,15 @@ def _run_training(args: argparse.Namespace) -> TrainResult:
     return train_with_log(config, args.out, log=args.log, progress=not args.quiet)
 
 
-def _load_for_inference(path: str) -> tuple[Checkpoint, torch.nn.Module]:
+def _load_for_inference(path: str, user_model: str | None) -> tuple[Checkpoint, torch.nn.Module]:
     ckpt = load_checkpoint(path)
-    model = ckpt.build_model()
+    model = model_from_checkpoint(ckpt, user_model)
     model.eval()
     return ckpt, model
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    ckpt, model = _load_for_inference(args.checkpoint)
+    ckpt, model = _load_for_inference(args.checkpoint, args.model)
     meta = ckpt.meta
     data = load_dataset(data_spec(args.data), image_size=meta["config"].get("image_size"))
     if data.classes != meta["classes"]:
@@ -117,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    ckpt, model = _load_for_inference(args.checkpoint)
+    ckpt, model = _load_for_inference(args.checkpoint, args.model)
     meta = ckpt.meta
     size = tuple(meta["image_size"])
     images = torch.stack([read_image_file(p, meta["in_channels"], size) for p in args.images])
@@ -209,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="test loss, accuracy, per-class accuracy, confusion")
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    p.add_argument("--model", metavar="MODULE:FACTORY",
+                   help="the factory of a user network (its checkpoints never import code)")
     p.add_argument("--data", help="dataset spec; default $HFSNET_DATA")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", choices=DEVICES, default="auto")
@@ -218,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top-k classes for image files of any size")
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    p.add_argument("--model", metavar="MODULE:FACTORY",
+                   help="the factory of a user network (its checkpoints never import code)")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--top-k", type=int, default=3)
     add_common(p)
@@ -239,7 +244,7 @@ def launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
     at = next(i for i, a in enumerate(inner) if a == "--nproc" or a.startswith("--nproc="))
     del inner[at : at + (1 if "=" in inner[at] else 2)]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "hfsnet", *inner]
+               f"--nproc_per_node={nproc}", "-m", "hfsnet", "--", *inner]
     return subprocess.call(command)
 
 

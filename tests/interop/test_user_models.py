@@ -114,3 +114,17 @@ def test_a_network_with_control_flow_trains(usernets, tiny_folder, tmp_path, cap
                  "--lr", "0.003", "--json", *FAST]) == 0
     result = last_json(capsys)
     assert result["test_acc"] > 0.6  # 3 classes: chance is 0.33
+
+
+def test_evaluate_and_predict_a_user_network_from_the_cli(shared_run, tiny_folder, capsys):
+    run, result = shared_run
+    assert main(["evaluate", "--checkpoint", str(run), "--data", str(tiny_folder)]) == 2
+    assert f"pass --model {RESNET}" in capsys.readouterr().err
+    assert main(["evaluate", "--checkpoint", str(run), "--data", str(tiny_folder),
+                 "--model", RESNET, "--json"]) == 0
+    assert last_json(capsys)["test_acc"] == pytest.approx(result["test_acc"])
+    image = next((tiny_folder / "test" / "square").glob("*.png"))
+    assert main(["predict", "--checkpoint", str(run), "--model", RESNET, str(image),
+                 "--json"]) == 0
+    (prediction,) = last_json(capsys)["predictions"]
+    assert prediction["top"][0]["class"] in {"circle", "square", "stripe"}

@@ -4,9 +4,8 @@ Precedence, lowest first: TrainConfig defaults, the recipe (``--recipe``, else t
 config file, command-line flags. ``--model-opt`` and ``--share-layers`` update the file's
 ``model_options`` key by key.
 
-``--log tensorboard`` needs the Trainer before ``fit`` to attach its hooks, and
-``hfsnet.train.train`` builds and fits in one call, so :func:`train_with_log` repeats its setup;
-keep the two in step.
+``--log tensorboard`` attaches its hooks to the Trainer that ``fresh_trainer`` builds, before
+``fit``.
 """
 
 from __future__ import annotations
@@ -14,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from hfsnet.cliutil import data_spec
 from hfsnet.interop.config_files import read_config_file
@@ -27,9 +24,8 @@ from hfsnet.interop.tblog import (
     summary_writer_class,
 )
 from hfsnet.interop.user_models import is_user_spec, register_user_model
-from hfsnet.train import TrainConfig, Trainer, TrainResult, resolve_config, train
-from hfsnet.train.loop import build_model, load_data
-from hfsnet.train.runtime import seed_everything
+from hfsnet.train import TrainConfig, TrainResult, resolve_config, train
+from hfsnet.train.loop import fresh_trainer
 
 
 def layer_names(text: str) -> list[str]:
@@ -80,13 +76,7 @@ def train_with_log(config: TrainConfig, out_dir: str | Path, *, log: str = "none
     if log == "none":
         return train(config, out_dir, progress=progress)
     summary_writer_class()  # fail before loading data when tensorboard is missing
-    config.validate()
-    # What hfsnet.train.train does before building its Trainer (see the module docstring).
-    seed_everything(config.seed)
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    data = load_data(config)
-    trainer = Trainer(config, Path(out_dir), data, build_model(config, data), progress=progress)
+    trainer = fresh_trainer(config, out_dir, progress=progress)
     logger = TensorBoardLogger(trainer, Path(out_dir) / LOG_DIR)
     try:
         result = trainer.fit()

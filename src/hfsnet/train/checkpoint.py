@@ -130,6 +130,11 @@ class Checkpoint:
             model = create_model(meta["model"], num_classes=meta["num_classes"],
                                  in_channels=meta["in_channels"], **meta["model_options"])
         except UnknownModelError as err:
+            if ":" in meta["model"]:
+                raise CheckpointError(
+                    f"{self.path}: the model is the user network {meta['model']}; pass --model "
+                    f"{meta['model']} to rebuild it (hfsnet never imports code named in a "
+                    f"checkpoint)") from None
             raise CheckpointError(f"{self.path}: {err}") from None
         weights = self.section("model")
         bad = [k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()]

@@ -358,11 +358,16 @@ class Trainer:
 def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None = None,
           progress: bool = True) -> TrainResult:
     """Train ``config.model`` on ``config.data`` (or ``data``); save the run to ``out_dir``."""
+    return fresh_trainer(config, out_dir, data=data, progress=progress).fit()
+
+
+def fresh_trainer(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None = None,
+                  progress: bool = True) -> Trainer:
+    """A seeded Trainer for a new run of ``config``, ready to ``fit``."""
     config.validate()
     _prepare(config)
     data = data if data is not None else load_data(config)
-    model = build_model(config, data)
-    return Trainer(config, Path(out_dir), data, model, progress=progress).fit()
+    return Trainer(config, Path(out_dir), data, build_model(config, data), progress=progress)
 
 
 def _prepare(config: TrainConfig) -> None:
