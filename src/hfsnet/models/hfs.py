@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from hfsnet.models.base import FeatureClassifier
-from hfsnet.models.layers import DenseStage, FusionHead, projection
+from hfsnet.models.layers import DenseStage, FusionHead, WhiteningStem, projection
+from hfsnet.models.layers import activation as act_layer
 from hfsnet.models.registry import register, register_entry
 
 
@@ -27,6 +28,8 @@ class HFSNet(FeatureClassifier):
     per stage). ``projection``: phi's output width per stage (a list), or a float compression
     ratio applied to every stage but the last (DenseNet-BC). ``project_last``: give the last
     stage a phi and pool as well (seed style); otherwise it ends in norm+ReLU (DenseNet style).
+    ``whiten``: a fixed patch-whitening 2x2 convolution (``WhiteningStem``) instead of the
+    learned ``stem`` conv. ``activation``: ``relu``, ``silu`` or ``gelu`` everywhere in the trunk.
     """
 
     def __init__(
@@ -49,6 +52,8 @@ class HFSNet(FeatureClassifier):
         hidden: int = 0,
         head_dropout: float = 0.0,
         memory_efficient: bool = False,
+        whiten: bool = False,
+        activation: str = "relu",
         image_size: int | None = None,
     ) -> None:
         # image_size is accepted so every model takes the same constructor arguments; this net
@@ -59,14 +64,13 @@ class HFSNet(FeatureClassifier):
         growths = _per_stage(growth, n, "growth")
         if pool not in ("avg", "max"):
             raise ValueError(f"pool must be 'avg' or 'max', got {pool!r}")
-        self.stem = nn.Conv2d(in_channels, stem, 3, padding=1, bias=False) if stem else None
-        channels = stem or in_channels
+        self.stem, channels = self._stem(in_channels, stem, whiten, activation)
         self.blocks = nn.ModuleList()
         self.level_channels: list[int] = []
         for i, (n_layers, k) in enumerate(zip(stages, growths, strict=True)):
             dense = DenseStage(
                 channels, k, n_layers, bottleneck=bottleneck, norm=norm, preact=preact,
-                dropout=layer_dropout, memory_efficient=memory_efficient,
+                dropout=layer_dropout, memory_efficient=memory_efficient, act=activation,
             )
             last = i == n - 1
             tail: list[nn.Module] = []
@@ -74,10 +78,11 @@ class HFSNet(FeatureClassifier):
             if last and not project_last:
                 if preact:
                     tail += [nn.BatchNorm2d(channels)] if norm else []
-                    tail.append(nn.ReLU(inplace=True))
+                    tail.append(act_layer(activation, inplace=True))
             else:
                 width = self._projection_width(projection_widths, channels, i)
-                tail.append(projection(channels, width, norm=norm, preact=preact))
+                tail.append(projection(channels, width, norm=norm, preact=preact,
+                                       act=activation))
                 tail.append(nn.AvgPool2d(2) if pool == "avg" else nn.MaxPool2d(2))
                 channels = width
             if stage_dropout:
@@ -88,6 +93,19 @@ class HFSNet(FeatureClassifier):
             self.level_channels, num_classes, fuse=fusion, hidden=hidden, dropout=head_dropout
         )
         self._init_weights()
+
+    @staticmethod
+    def _stem(in_channels: int, width: int, whiten: bool,
+              act: str) -> tuple[nn.Module | None, int]:
+        """(stem module or None, its output channels)."""
+        if whiten:
+            if width:
+                raise ValueError(f"whiten replaces the conv stem: pass stem=0, got stem={width}")
+            stem = WhiteningStem(in_channels, act)
+            return stem, stem.out_channels
+        if width:
+            return nn.Conv2d(in_channels, width, 3, padding=1, bias=False), width
+        return None, in_channels
 
     @staticmethod
     def _projection_width(spec: float | Sequence[int], channels: int, stage: int) -> int:
@@ -138,6 +156,27 @@ register(
     stage_dropout=0.25,
     hidden=512,
     head_dropout=0.5,
+)(HFSNet)
+
+
+# The fast preset (``--recipe fast``): a whitened 2x2 stem (31x31), then stages of 1, 2 and 2
+# dense Conv-BN-SiLU layers at 31, 15 and 7 px, each stage's concatenation projected by phi and
+# max-pooled; the head fuses all three levels. 41 MMACs per 32x32 image forward (a 7th of
+# hfs-bc-100-12's 290), which is what a 2-core CPU can afford for 5 minutes.
+register(
+    "hfs-fast",
+    "fast CPU feature-sharing net: whitened stem, SiLU dense stages 1/2/2, fused head",
+    stages=(1, 2, 2),
+    growth=(32, 48, 96),
+    stem=0,
+    whiten=True,
+    bottleneck=0,
+    projection_widths=(48, 96, 192),
+    project_last=True,
+    norm=True,
+    preact=False,
+    pool="max",
+    activation="silu",
 )(HFSNet)
 
 

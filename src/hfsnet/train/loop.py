@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import signal
@@ -22,12 +23,14 @@ from hfsnet.models import FeatureClassifier, create_model
 from hfsnet.train.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from hfsnet.train.config import ConfigError, TrainConfig
 from hfsnet.train.distributed import convert_sync_batchnorm, init_distributed
+from hfsnet.train.ema import WeightAverage
 from hfsnet.train.evaluate import EvalResult, evaluate
 from hfsnet.train.optim import ParamGroup, build_optimizer, set_lr_factor
 from hfsnet.train.progress import Progress
 from hfsnet.train.runtime import autocast, resolve_device, seed_everything
 from hfsnet.train.schedule import lr_factor
 from hfsnet.train.signals import GracefulStop
+from hfsnet.train.tta import FlipAverage
 
 
 @dataclass
@@ -74,6 +77,17 @@ def load_data(config: TrainConfig) -> DataSplits:
     if ctx.is_main:
         ctx.barrier()
     return data
+
+
+def fused(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The same optimizer, groups and hyperparameters, running its fused kernel: one pass over
+    all parameters per step instead of ~10 small ops per tensor. On CPU PyTorch otherwise picks
+    the per-tensor loop (Adam on seed-cnn, batch 32: 8% of the step time)."""
+    groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")}
+              for g in optimizer.param_groups]
+    accepted = set(inspect.signature(type(optimizer)).parameters) - {"fused", "foreach"}
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    return type(optimizer)(groups, **defaults, fused=True)
 
 
 StepHook = Callable[[int, float], None]
@@ -166,9 +180,9 @@ class Trainer:
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
             torch.manual_seed(config.seed + 1000 * self.dist.rank)  # own dropout per rank
         groups = groups or [ParamGroup("all", list(model.parameters()), config.lr)]
-        self.optimizer = build_optimizer(groups, config.optimizer,
-                                         weight_decay=config.weight_decay,
-                                         momentum=config.momentum)
+        self.optimizer = fused(build_optimizer(groups, config.optimizer,
+                                               weight_decay=config.weight_decay,
+                                               momentum=config.momentum))
         augment = AugmentConfig(crop_padding=config.crop_padding, flip=config.flip,
                                 cutout=config.cutout)
         self.loader = BatchLoader(data.train, config.batch_size, mean=data.mean, std=data.std,
@@ -177,6 +191,7 @@ class Trainer:
                                   device=self.device, channels_last=config.channels_last,
                                   rank=self.dist.rank, world_size=self.dist.world_size)
         self.total_steps = config.epochs * len(self.loader)
+        self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
         self.store = CheckpointStore(out_dir, keep_last=config.keep_last)
         self.epoch = 0  # completed epochs
         self.tally = EpochTally()
@@ -216,6 +231,8 @@ class Trainer:
             self.tally.skipped += 1
             return float("nan"), 0
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.model)
         return float(loss.detach()), int((logits.argmax(1) == y).sum())
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -256,9 +273,15 @@ class Trainer:
         if every and self.global_step % every == 0 and self.tally.step < len(self.loader):
             self.save()
 
+    def eval_model(self) -> torch.nn.Module:
+        """What evaluation runs: the weight average if ``ema_decay`` is set, else the model;
+        wrapped to average each image with its mirror if ``tta_flip`` is set."""
+        model = self.model if self.average is None else self.average.averaged_model(self.model)
+        return FlipAverage(model) if self.config.tta_flip else model
+
     def evaluate(self, split: str) -> EvalResult:
         c = self.config
-        return evaluate(self.model, getattr(self.data, split), mean=self.data.mean,
+        return evaluate(self.eval_model(), getattr(self.data, split), mean=self.data.mean,
                         std=self.data.std, batch_size=c.eval_batch_size, device=self.device,
                         precision=c.precision, channels_last=c.channels_last, dist=self.dist)
 
@@ -286,6 +309,8 @@ class Trainer:
             raise NonFiniteError(f"non-finite values in {bad[:3]} at step {self.global_step}; "
                                  f"not saved, {self.store.latest} keeps the last good model")
         rng_plain, rng_tensors = _rng_state()
+        if self.average is not None:
+            rng_tensors.update({f"ema.{k}": v for k, v in self.average.state_tensors().items()})
         meta = {**data_meta(self.data), "config": self.config.to_dict(), "epoch": self.epoch,
                 "tally": asdict(self.tally), "global_step": self.global_step,
                 "history": self.history, "rng": rng_plain}
@@ -301,6 +326,8 @@ class Trainer:
         self.tally = EpochTally(**ckpt.meta["tally"])
         self.history = list(ckpt.meta["history"])
         _set_rng_state(ckpt.meta["rng"], ckpt.tensors)
+        if self.average is not None:
+            self.average.load_state_tensors(ckpt.section("extra.ema"))
         self.store.protected.add(ckpt.path.resolve())
 
     def fit(self) -> TrainResult:
@@ -372,6 +399,8 @@ def fresh_trainer(config: TrainConfig, out_dir: str | Path, *, data: DataSplits 
 
 def _prepare(config: TrainConfig) -> None:
     seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     if config.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
