@@ -10,6 +10,14 @@ subset for ``--steps`` steps at each batch size, in this one process. hfsnet run
 second are timed from the end of the first step to the end of the last (warm-up excluded, batch
 preparation included), and the mean loss of the last quarter of the steps shows that both learn
 alike. Prints a table and writes ``benchmarks/results/throughput.json``.
+
+    .venv/bin/python benchmarks/throughput.py --profile fast [--steps 6] [--threads N]
+
+instead profiles ``--steps`` training steps of a recipe (``fast``: hfs-fast, batch 512) through
+the trainer's loader and model: seconds per step by kind of operator (convolutions forward and
+backward, norms, activations, pooling, concatenation and casts, optimizer, loss), batch
+preparation (augmentation and normalisation) timed apart, and the model's forward MACs per
+image.
 """
 
 from __future__ import annotations
@@ -21,11 +29,14 @@ import platform
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
+from hfsnet.analysis.summary import summarize as summarize_model
 from hfsnet.data import DataSplits, load_dataset, normalize
+from hfsnet.models import create_model
 from hfsnet.train import Trainer, resolve_config
 from hfsnet.train.loop import build_model
 
@@ -85,15 +96,81 @@ def run_plain(data: DataSplits, batch_size: int, steps: int) -> dict[str, float]
             "tail_loss": tail_loss(out["losses"])}
 
 
+# Profiler operator names -> the kinds the profile reports (first matching substring wins).
+OP_KINDS = (("convolution_backward", "conv backward"), ("convolution", "conv forward"),
+            ("batch_norm", "batch norm"), ("silu", "activation"), ("gelu", "activation"),
+            ("relu", "activation"), ("max_pool", "pooling"), ("fused_sgd", "optimizer"),
+            ("fused_adam", "optimizer"), ("cat", "concat + casts"), ("copy_", "concat + casts"),
+            ("_to_copy", "concat + casts"), ("cross_entropy", "loss"), ("log_softmax", "loss"),
+            ("nll_loss", "loss"), ("linear", "head"), ("addmm", "head"), ("mm", "head"))
+
+
+def op_kind(name: str) -> str:
+    return next((kind for key, kind in OP_KINDS if key in name), "other")
+
+
+def profile_recipe(recipe: str, data: DataSplits, steps: int) -> dict[str, object]:
+    """Seconds per training step by kind of operator, and batch preparation timed apart."""
+    config = resolve_config(recipe, data="given", epochs=1)
+    data = dataclasses.replace(data, test=data.test.subset(torch.arange(100)))
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(config, Path(out), data, build_model(config, data), progress=False)
+        trainer.model.train()
+        batches = trainer.loader.epoch(0)
+        start = time.perf_counter()
+        prepared = [next(batches) for _ in range(steps + 1)]
+        prepare = (time.perf_counter() - start) / (steps + 1)
+        trainer._train_step(*prepared[0], 0)  # warm-up: oneDNN picks its kernels
+        with torch.profiler.profile() as prof:
+            start = time.perf_counter()
+            for i, (x, y) in enumerate(prepared[1:], start=1):
+                trainer._train_step(x, y, i)
+            step = (time.perf_counter() - start) / steps
+    kinds: dict[str, float] = defaultdict(float)
+    other: dict[str, float] = {}
+    for event in prof.key_averages():
+        seconds = event.self_cpu_time_total / 1e6 / steps
+        kinds[op_kind(event.key)] += seconds
+        if op_kind(event.key) == "other":
+            other[event.key] = seconds
+    largest_other = dict(sorted(other.items(), key=lambda kv: -kv[1])[:4])
+    model = create_model(config.model, image_size=data.image_size[0])
+    macs = summarize_model(model, (data.in_channels, *data.image_size)).totals.macs
+    return {"recipe": recipe, "batch_size": config.batch_size, "step_seconds": step,
+            "prepare_seconds": prepare, "by_kind": dict(kinds), "largest_other": largest_other,
+            "macs_per_image": macs,
+            "train_flop_per_second": 3 * 2 * macs * config.batch_size / step}
+
+
+def print_profile(p: dict[str, object]) -> None:
+    print(f"{p['recipe']}: batch {p['batch_size']}, {p['step_seconds']:.3f} s per step "
+          f"(profiled), batch preparation {p['prepare_seconds']:.3f} s; "
+          f"{p['macs_per_image'] / 1e6:.1f} MMACs/image forward, "
+          f"{p['train_flop_per_second'] / 1e9:.0f} GFLOP/s achieved (3x forward FLOPs)")
+    total = sum(p["by_kind"].values())
+    for kind, seconds in sorted(p["by_kind"].items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:>16} {1000 * seconds:8.1f} ms {100 * seconds / total:5.1f}%")
+    print("  largest in other: " + ", ".join(f"{k} {1000 * v:.1f} ms"
+                                             for k, v in p["largest_other"].items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-sizes", default="32,256")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
+    parser.add_argument("--profile", metavar="RECIPE", help="profile RECIPE's training step")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.profile:
+        profile = profile_recipe(args.profile, load_dataset(args.data), args.steps)
+        print_profile(profile)
+        path = RESULTS.with_name(f"profile-{args.profile}.json")
+        path.write_text(json.dumps(profile, indent=2) + "\n")
+        print(f"wrote {path}")
+        return
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     data = load_dataset(args.data, limit_train=args.steps * max(sizes))
     rows = []
