@@ -1,5 +1,6 @@
 """The fast preset's machinery: weight averaging, flip TTA, fused optimizers, recipes, resume."""
 
+import json
 import shutil
 
 import pytest
@@ -158,3 +159,29 @@ def test_resume_with_weight_average_is_bit_identical(tiny_folder, tmp_path):
     assert resumed.history[-1]["test_acc"] == full.history[-1]["test_acc"]
     saved = load_checkpoint(tmp_path / "full").section("extra.ema")
     assert saved.keys() == full.average.shadow.keys()
+
+
+def test_fast_recipe_through_the_cli_and_its_checkpoint_evaluates(tiny_folder, tmp_path, capsys):
+    from hfsnet.cli import main
+
+    out = tmp_path / "cli-run"
+    argv = ["train", "--recipe", "fast", "--data", str(tiny_folder), "--out", str(out),
+            "--epochs", "1", "--batch-size", "16", "--precision", "fp32", "--quiet", "--json",
+            "--model-opt", "growth=[4,4,4]", "--model-opt", "projection_widths=[8,8,8]"]
+    assert main(argv) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(tiny_folder),
+                 "--precision", "fp32", "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluated["count"] == 18
+    # evaluate runs the saved weights without TTA: the same as the model's own logits
+    ckpt = load_checkpoint(out)
+    model = ckpt.build_model().eval()
+    assert bool(model.stem.fitted)
+    data = load_dataset(str(tiny_folder))
+    x = (data.test.images.float() / 255 - torch.tensor(data.mean)[:, None, None]) \
+        / torch.tensor(data.std)[:, None, None]
+    with torch.no_grad():
+        expected = summarize(model(x), data.test.labels, data.num_classes)
+    assert evaluated["test_acc"] == pytest.approx(expected.acc)
+    assert 0 <= trained["test_acc"] <= 1 and trained["epochs"] == 1
