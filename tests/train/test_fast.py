@@ -185,3 +185,16 @@ def test_fast_recipe_through_the_cli_and_its_checkpoint_evaluates(tiny_folder, t
         expected = summarize(model(x), data.test.labels, data.num_classes)
     assert evaluated["test_acc"] == pytest.approx(expected.acc)
     assert 0 <= trained["test_acc"] <= 1 and trained["epochs"] == 1
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_flip_average_leaves_the_model_in_its_own_mode(training):
+    from hfsnet.data import ImageSet
+    from hfsnet.train.evaluate import evaluate
+
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 2))
+    model.train(training)
+    data = ImageSet(torch.zeros(4, 3, 6, 6, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]),
+                    ["a", "b"])
+    evaluate(FlipAverage(model), data, mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert model.training is training

@@ -16,6 +16,7 @@ class FlipAverage(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.training = model.training  # so restoring the wrapper's mode restores the model's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         both = self.model(torch.cat([x, x.flip(-1)]))
