@@ -37,13 +37,15 @@ class TrainConfig:
     batch_size: int = 64
     eval_batch_size: int = 500
     optimizer: str = "adamw"
-    lr: float = 2e-3
+    # lr and crops tuned for the short default run (hfs-seed, 3 epochs): on a 10k-image proxy
+    # no crops and lr 4e-3 gave 45.6% vs 36.9% for 4 px crops and 2e-3 (longer recipes add crops).
+    lr: float = 4e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     warmup_fraction: float = 0.15  # of all steps; onecycle ramps up over this share
     label_smoothing: float = 0.0
-    crop_padding: int = 4  # px of zero padding for random crops; 0 = no crops
+    crop_padding: int = 0  # px of zero padding for random crops; 0 = no crops
     flip: bool = True
     cutout: int = 0  # side of the square cut out, px; 0 = off
     seed: int = 0
