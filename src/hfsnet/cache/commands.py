@@ -148,12 +148,14 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--holdout", type=float, default=0.1,
                    help="ridge: share of training rows held out to choose the strength")
     p.add_argument("--hidden", type=int, default=0, help="sgd: hidden ReLU layer width (0: none)")
-    p.add_argument("--epochs", type=int, default=30, help="sgd: passes over the cache")
-    p.add_argument("--lr", type=float, default=2e-3, help="sgd: learning rate")
-    p.add_argument("--batch-size", type=int, default=256, help="sgd: descriptors per step")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="sgd")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="sgd")
-    p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="sgd")
+    sgd = SgdOptions()
+    p.add_argument("--epochs", type=int, default=sgd.epochs, help="sgd: passes over the cache")
+    p.add_argument("--lr", type=float, default=sgd.lr, help="sgd: learning rate")
+    p.add_argument("--batch-size", type=int, default=sgd.batch_size,
+                   help="sgd: descriptors per step")
+    p.add_argument("--weight-decay", type=float, default=sgd.weight_decay, help="sgd")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=sgd.optimizer, help="sgd")
+    p.add_argument("--schedule", choices=SCHEDULES, default=sgd.schedule, help="sgd")
     add_common(p)
     p.set_defaults(func=cmd_fit_head)
 

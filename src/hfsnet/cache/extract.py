@@ -134,8 +134,9 @@ def check_trunk_fits(path: Path, manifest: dict[str, Any], model: FeatureClassif
     """The cache's levels exist in ``model``'s trunk with the same channels."""
     channels = model.stage_channels()
     levels = manifest["key"]["levels"]
-    if levels[-1] > len(channels) or [channels[i - 1] for i in levels] != \
-            manifest["level_channels"]:
+    fits = levels[-1] <= len(channels) and [channels[i - 1] for i in levels] == manifest[
+        "level_channels"]
+    if not fits:
         raise CacheError(
             f"{path}: the checkpoint's trunk does not fit this cache: the cache holds stages "
             f"{levels} with {manifest['level_channels']} channels, the trunk has "
@@ -155,7 +156,8 @@ def get_cache(path: Path, model: FeatureClassifier, data: DataSplits, spec: Cach
     otherwise (or with ``rebuild``) built.
 
     ``path`` is a cache root (the cache goes to ``path/<key digest>``) or an existing cache
-    directory, which must then match the request unless ``rebuild`` builds beside it.
+    directory, which must then match the request unless ``rebuild`` builds beside it. A build
+    moves ``model`` to ``spec.device`` in channels-last memory format (faster convolutions).
     """
     start = time.perf_counter()
     key = cache_key(model, data, spec)

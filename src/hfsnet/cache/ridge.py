@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from hfsnet.cache.errors import CacheError
 from hfsnet.cache.stats import CHUNK, safe_std
+from hfsnet.cache.threads import single_thread
 
 ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))
 TEMPERATURES = tuple(float(t) for t in np.logspace(-1, 3, 81))  # 12% steps
@@ -164,6 +165,12 @@ def fit_ridge(features: np.ndarray, labels: np.ndarray, num_classes: int, *,
     With one alpha there is nothing to choose and every row is used directly; otherwise the alpha
     with the best held-out accuracy (ties: the stronger one) is refitted on all rows.
     """
+    with single_thread():
+        return _fit(features, labels, num_classes, alphas, holdout, seed, chunk)
+
+
+def _fit(features: np.ndarray, labels: np.ndarray, num_classes: int, alphas: Sequence[float],
+         holdout: float, seed: int, chunk: int) -> RidgeFit:
     n = len(features)
     if n < 2:
         raise CacheError(f"ridge needs at least 2 training rows, got {n}")

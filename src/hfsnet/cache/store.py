@@ -88,10 +88,6 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def array_name(split: str, kind: str) -> str:
-    return f"{split}_{kind}"
-
-
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
