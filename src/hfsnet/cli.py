@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import subprocess
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -29,8 +28,8 @@ from hfsnet.train.config import (
     PRECISIONS,
     RECIPES,
     SCHEDULES,
-    ConfigError,
 )
+from hfsnet.train.distributed import launch_torchrun
 from hfsnet.train.evaluate import evaluate
 from hfsnet.train.runtime import resolve_device
 
@@ -234,18 +233,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
     return parser
-
-
-def launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
-    """Re-run this command under torchrun with ``nproc`` local processes; its exit code."""
-    if nproc < 1:
-        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
-    inner = list(argv)
-    at = next(i for i, a in enumerate(inner) if a == "--nproc" or a.startswith("--nproc="))
-    del inner[at : at + (1 if "=" in inner[at] else 2)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "hfsnet", "--", *inner]
-    return subprocess.call(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

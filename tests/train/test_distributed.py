@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from hfsnet.cli import launch_torchrun
+from hfsnet.errors import HfsnetError
 from hfsnet.train.checkpoint import load_checkpoint
-from hfsnet.train.config import ConfigError
+from hfsnet.train.distributed import launch_torchrun
 
 # BatchNorm everywhere, no dropout: with --sync-bn the 2-process job must match one process.
 MODEL = ["--model", "hfs", "--model-opt", "stages=[2,1]", "--model-opt", "growth=6",
@@ -50,5 +50,5 @@ def test_global_batch_must_split_evenly(tiny_folder, tmp_path):
 
 
 def test_nproc_must_be_positive():
-    with pytest.raises(ConfigError, match="--nproc"):
+    with pytest.raises(HfsnetError, match="--nproc"):
         launch_torchrun(0, ["train", "--nproc", "0"])

@@ -15,6 +15,7 @@ from hfsnet.cache.subsets import few_shot, select_classes
 from hfsnet.cliutil import add_common, data_spec, emit
 from hfsnet.data import DataError, DataSplits, load_dataset
 from hfsnet.train.config import DEVICES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES, resolve_config
+from hfsnet.train.distributed import launch_torchrun
 from hfsnet.train.finetune import HEAD_INITS, UNFREEZE, FinetuneOptions, finetune
 
 
@@ -47,6 +48,8 @@ def head_options(args: argparse.Namespace, method: str = "ridge") -> HeadOptions
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    if args.nproc is not None:
+        return launch_torchrun(args.nproc, args.argv)
     source = load_source(args.checkpoint)
     data = target_data(args, source)
     found = cache_for(source.model, data, default_cache(args, source), head_options(args))
@@ -136,6 +139,9 @@ def add_commands(sub: Any) -> None:
     _data_flags(p)
     _cache_flags(p, "cache root directory (or an existing cache)")
     p.add_argument("--out", dest="cache", help="cache root directory (same as --cache)")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="build with N processes through torchrun: each extracts a shard of the "
+                        "images, rank 0 merges them")
     add_common(p)
     p.set_defaults(func=cmd_cache)
 

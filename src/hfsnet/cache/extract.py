@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.lib.format import open_memmap
 
 from hfsnet.cache.errors import CacheError
 from hfsnet.cache.head import trunk_spec
@@ -27,6 +29,7 @@ from hfsnet.cache.store import (
 )
 from hfsnet.data import BatchLoader, DataSplits, ImageSet
 from hfsnet.models import FeatureClassifier
+from hfsnet.train.distributed import DistContext, init_distributed
 from hfsnet.train.runtime import autocast
 
 FEATURE_DTYPE = "float16"  # halves the cache; descriptors are pooled activations of size ~1
@@ -103,23 +106,61 @@ def extract(model: FeatureClassifier, images: ImageSet, features: np.ndarray,
         row += len(half)
 
 
-def _filler(model: FeatureClassifier, data: DataSplits,
-            spec: CacheSpec) -> Callable[[Callable[..., np.ndarray]], dict[str, Any]]:
+def _shard(n: int, ctx: DistContext) -> slice:
+    """This rank's contiguous share of ``n`` rows (near-equal shares, in rank order)."""
+    bounds = np.linspace(0, n, ctx.world_size + 1).round().astype(int)
+    return slice(int(bounds[ctx.rank]), int(bounds[ctx.rank + 1]))
+
+
+def _extract_splits(model: FeatureClassifier, data: DataSplits, spec: CacheSpec,
+                    allocate: Callable[..., np.ndarray], ctx: DistContext) -> None:
+    """Descriptors of this rank's share of every split into arrays from ``allocate``."""
+    widths = level_widths(model.stage_channels(), spec.levels, spec.pool)
+    was_training = model.training
+    model.eval()
+    model.to(spec.device, memory_format=torch.channels_last)
+    try:
+        for split in SPLITS:
+            images: ImageSet = getattr(data, split)
+            rows = torch.arange(len(images))[_shard(len(images), ctx)]
+            extract(model, images.subset(rows),
+                    allocate(f"{split}_features", (len(rows), sum(widths)), FEATURE_DTYPE),
+                    allocate(f"{split}_labels", (len(rows),), "int64"), spec)
+    finally:
+        model.train(was_training)
+
+
+def _shard_allocator(folder: Path, rank: int) -> Callable[..., np.ndarray]:
+    def allocate(name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        return open_memmap(folder / f"{name}.rank{rank}.npy", mode="w+", dtype=dtype,
+                           shape=shape)
+
+    return allocate
+
+
+def _read_shards(folder: Path, name: str, world_size: int) -> np.ndarray:
+    """Array ``name`` of the whole split: every rank's shard, in rank order."""
+    return np.concatenate([np.load(folder / f"{name}.rank{r}.npy", mmap_mode="r")
+                           for r in range(world_size)])
+
+
+Filler = Callable[[Callable[..., np.ndarray]], dict[str, Any]]
+
+
+def _filler(model: FeatureClassifier, data: DataSplits, spec: CacheSpec,
+            shards: Path | None = None, ctx: DistContext | None = None) -> Filler:
+    """Fills a new cache; with ``shards`` (under torchrun) from the ranks' shard files."""
     widths = level_widths(model.stage_channels(), spec.levels, spec.pool)
 
     def fill(allocate: Callable[..., np.ndarray]) -> dict[str, Any]:
         start = time.perf_counter()
-        was_training = model.training
-        model.eval()
-        model.to(spec.device, memory_format=torch.channels_last)
-        try:
+        if shards is None or ctx is None:
+            _extract_splits(model, data, spec, allocate, DistContext())
+        else:
             for split in SPLITS:
-                images: ImageSet = getattr(data, split)
-                extract(model, images,
-                        allocate(f"{split}_features", (len(images), sum(widths)), FEATURE_DTYPE),
-                        allocate(f"{split}_labels", (len(images),), "int64"), spec)
-        finally:
-            model.train(was_training)
+                for name in (f"{split}_features", f"{split}_labels"):
+                    whole = _read_shards(shards, name, ctx.world_size)
+                    allocate(name, whole.shape, str(whole.dtype))[:] = whole
         names = model.stage_names()
         return {"classes": data.classes, "data_name": data.name,
                 "level_names": [names[level - 1] for level in spec.levels],
@@ -173,5 +214,30 @@ def get_cache(path: Path, model: FeatureClassifier, data: DataSplits, spec: Cach
         except CacheError as err:
             raise CacheError(f"{err}; pass --rebuild to build a new cache") from None
         return CacheResult(cache, False, time.perf_counter() - start)
-    cache = build_cache(root, key, _filler(model, data, spec))
-    return CacheResult(cache, True, time.perf_counter() - start)
+    ctx = init_distributed(spec.device.type)
+    if not ctx.enabled:
+        return CacheResult(build_cache(root, key, _filler(model, data, spec)), True,
+                           time.perf_counter() - start)
+    return CacheResult(_build_sharded(root, key, model, data, spec, ctx), True,
+                       time.perf_counter() - start)
+
+
+def _build_sharded(root: Path, key: CacheKey, model: FeatureClassifier, data: DataSplits,
+                   spec: CacheSpec, ctx: DistContext) -> FeatureCache:
+    """Under torchrun: every rank extracts its share of the images into shard files, rank 0
+    merges them into the cache (written and renamed as in a single-process build), and every
+    rank then opens the finished cache."""
+    shards = root / f".{key.digest()}.shards"
+    if ctx.is_main:
+        shards.mkdir(parents=True, exist_ok=True)
+    ctx.barrier()
+    _extract_splits(model, data, spec, _shard_allocator(shards, ctx.rank), ctx)
+    ctx.barrier()
+    try:
+        if ctx.is_main:
+            build_cache(root, key, _filler(model, data, spec, shards, ctx))
+    finally:
+        if ctx.is_main:
+            shutil.rmtree(shards, ignore_errors=True)
+        ctx.barrier()
+    return open_cache(root / key.digest())

@@ -7,12 +7,17 @@ gloo on the CPU, NCCL on CUDA. Every rank sees a disjoint shard of every global 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
+
+from hfsnet.errors import HfsnetError
 
 
 @dataclass(frozen=True)
@@ -111,3 +116,13 @@ def convert_sync_batchnorm(model: nn.Module, device_kind: str) -> nn.Module:
     return model
 
 
+def launch_torchrun(nproc: int, argv: Sequence[str]) -> int:
+    """Re-run this command under torchrun with ``nproc`` local processes; its exit code."""
+    if nproc < 1:
+        raise HfsnetError(f"--nproc must be >= 1, got {nproc}")
+    inner = list(argv)
+    at = next(i for i, a in enumerate(inner) if a == "--nproc" or a.startswith("--nproc="))
+    del inner[at : at + (1 if "=" in inner[at] else 2)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "hfsnet", "--", *inner]
+    return subprocess.call(command)
