@@ -20,7 +20,7 @@ from hfsnet.interop.training import layer_names, prepare_run, train_config, trai
 from hfsnet.interop.user_models import model_from_checkpoint
 from hfsnet.models import list_models
 from hfsnet.train import TrainingInterrupted, TrainResult, resume
-from hfsnet.train.checkpoint import Checkpoint, CheckpointStore, load_checkpoint
+from hfsnet.train.checkpoint import Checkpoint, CheckpointError, CheckpointStore, load_checkpoint
 from hfsnet.train.config import (
     DEVICES,
     NONFINITE,
@@ -87,6 +87,9 @@ def _run_training(args: argparse.Namespace) -> TrainResult:
 def _load_for_inference(path: str, user_model: str | None) -> tuple[Checkpoint, torch.nn.Module]:
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, user_model)
+    if len(ckpt.meta["classes"]) != model.num_classes:
+        raise CheckpointError(f"{ckpt.path}: {len(ckpt.meta['classes'])} class names for a head "
+                              f"with {model.num_classes} outputs")
     model.eval()
     return ckpt, model
 

@@ -66,3 +66,16 @@ def test_non_positive_numbers(tiny_folder, tmp_path, capsys, flag, value):
                  flag, value])
     assert code == 2
     assert flag in one_error_line(capsys)
+
+
+def test_class_names_must_fit_the_head(tiny_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *SMALL]) == 0
+    ckpt = load_checkpoint(run)
+    model = ckpt.build_model()
+    meta = {**ckpt.meta, "classes": ["circle", "square"]}  # the head has 3 outputs
+    save_checkpoint(tmp_path / "two.safetensors", model, meta)
+    image = next((tiny_folder / "test" / "square").glob("*.png"))
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(tmp_path / "two.safetensors"), str(image)]) == 2
+    assert "2 class names for a head with 3 outputs" in one_error_line(capsys)
