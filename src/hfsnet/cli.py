@@ -79,7 +79,8 @@ def _run_training(args: argparse.Namespace) -> TrainResult:
         model_options=dict(args.model_opt) if args.model_opt else None,
         checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
         nonfinite=args.nonfinite, deterministic=args.deterministic, sync_bn=args.sync_bn,
-        channels_last=args.channels_last, skip_bad=args.skip_bad,
+        channels_last=args.channels_last, skip_bad=args.skip_bad, threads=args.threads,
+        ema_decay=args.ema_decay, tta_flip=args.tta_flip,
     )
     return train_with_log(config, args.out, log=args.log, progress=not args.quiet)
 
@@ -198,6 +199,13 @@ def _train_parser(sub: Any) -> None:
                    help="deterministic algorithms, for bit-exact resume")
     p.add_argument("--nproc", type=int, metavar="N",
                    help="train with N processes (DistributedDataParallel) through torchrun")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads per process (default: one per core; 1 is faster when "
+                        "other jobs load the machine)")
+    p.add_argument("--ema-decay", type=float, metavar="D",
+                   help="evaluate a moving average of the weights (0: off)")
+    p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluation averages each image with its mirror")
     p.add_argument("--sync-bn", action="store_true", default=None,
                    help="with several processes: batch-norm statistics over the global batch")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -87,3 +87,11 @@ def test_evaluate_refuses_other_class_set(tiny_folder, tmp_path, capsys, make_im
 def test_debug_shows_traceback(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "x"), "--out", str(tmp_path), "--debug"]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_speed_flags_reach_the_saved_config(tiny_folder, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_folder), "--out", str(run), *SMALL, "--epochs",
+                 "1", "--threads", "1", "--ema-decay", "0.9", "--tta-flip"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["threads"], saved["ema_decay"], saved["tta_flip"]) == (1, 0.9, True)
