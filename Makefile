@@ -28,5 +28,11 @@ test: lint
 test-slow: setup
 	HFSNET_DATA=$(HFSNET_DATA) $(BIN)/python -m pytest -q -m slow
 
+# Speed and memory benchmarks: numbers go to benchmarks/results/*.json (minutes to hours).
+bench: setup
+	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/time_to_accuracy.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

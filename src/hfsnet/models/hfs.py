@@ -197,5 +197,6 @@ def _register_bc(depth: int, growth: int, **extra: object) -> None:
 
 
 _register_bc(100, 12)
+_register_bc(190, 12, memory_efficient=True)  # deep but narrow: the CPU memory benchmark
 _register_bc(190, 40, memory_efficient=True)
 _register_bc(250, 24, memory_efficient=True)
