@@ -5,8 +5,10 @@ import statistics
 import pytest
 from PIL import Image
 
+from hfsnet.analysis.compare import CompareSpec, config_difference
 from hfsnet.analysis.verdicts import CLAIMS, INCONCLUSIVE, MIXED, NOT_SUPPORTED, SUPPORTED
 from hfsnet.cli import main
+from hfsnet.train.config import RECIPES, TrainConfig
 
 # seed-cnn at 3x16x16, by hand: 16 -> conv 14 -> conv 12 -> pool 6 -> conv 4 -> conv 2 -> pool 1.
 SEED_CNN_16_PARAMS = 896 + 9_248 + 18_496 + 36_928 + (64 * 512 + 512) + (512 * 3 + 3)
@@ -77,7 +79,7 @@ def test_verdicts_cover_every_claim_and_follow_the_numbers(compared):
     for claim in CLAIMS:
         assert f"| {claim} | hfs | seed-cnn | {verdicts[claim]['status']} |" in md
     # 2 epochs instead of the default recipe's 3: the report must say so.
-    assert "Reduced run: 2 epochs instead of the recipe's 3" in md
+    assert "Reduced run: 2 epochs instead of the recipe's 3." in md
 
 
 def test_finished_runs_are_reused(compared, capsys):
@@ -105,9 +107,25 @@ def test_a_run_with_another_config_is_never_overwritten(compared, capsys):
     (["--model-opt", "hfs-seed:norm=true"], "--model-opt hfs-seed"),
     (["--baseline", "hfs-seed"], "--baseline"),
     (["--seeds", "0"], "--seeds"),
+    (["--set", "track_test=false"], "--set track_test"),
 ])
 def test_bad_requests_exit_2_naming_the_flag(compared, tmp_path, capsys, change, message):
     args = compared.args(*change, out=tmp_path / "out")
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_recipes_that_skip_per_epoch_test_evaluation_get_it_back(tmp_path, monkeypatch):
+    monkeypatch.setitem(RECIPES, "no-curves", {"track_test": False})
+    spec = CompareSpec(models=["seed-cnn"], data="x", recipe="no-curves", seeds=1, out=tmp_path)
+    assert spec.config("seed-cnn", 0).track_test is True
+
+
+def test_fields_added_to_the_config_after_a_run_count_as_their_defaults():
+    wanted = TrainConfig(lr=0.01, label_smoothing=0.1).to_dict()
+    older = {k: v for k, v in wanted.items() if k not in ("cutout", "label_smoothing")}
+    # cutout is at its default (the behaviour before the field existed); label smoothing is not.
+    assert config_difference(older, wanted) == ["label_smoothing"]
+    assert config_difference({**wanted, "lr": 0.02}, wanted) == ["lr"]
+    assert config_difference(wanted, wanted) == []

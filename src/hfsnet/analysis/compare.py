@@ -66,6 +66,9 @@ class CompareSpec:
         reserved = sorted(set(self.overrides) & set(_RESERVED_KEYS))
         if reserved:
             raise CompareError(f"--set {reserved[0]}: use the command's own flag for it")
+        if self.overrides.get("track_test", True) is not True:
+            raise CompareError("--set track_test: the comparison needs the test metrics of "
+                               "every epoch (learning curves, test-loss rise); leave it on")
         unknown = sorted(set(self.model_options) - set(self.models))
         if unknown:
             raise CompareError(f"--model-opt {unknown[0]}:...: {unknown[0]!r} is not in --models")
@@ -77,9 +80,11 @@ class CompareSpec:
         return self.baseline or self.models[0]
 
     def config(self, model: str, seed: int) -> TrainConfig:
+        # Some recipes skip per-epoch test evaluation to save time; curves need it.
+        overrides = {"track_test": True, **self.overrides}
         return resolve_config(self.recipe, model=model, data=self.data, seed=seed,
                               epochs=self.epochs, model_options=self.model_options.get(model),
-                              **self.overrides)
+                              **overrides)
 
 
 def run_name(model: str, seed: int) -> str:
@@ -90,7 +95,11 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def _config_difference(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+def config_difference(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Keys whose values differ. A key missing from ``saved`` was added to TrainConfig after
+    that run: it counts as its default (new fields default to the old behaviour)."""
+    defaults = TrainConfig().to_dict()
+    saved = {**{k: defaults[k] for k in wanted if k in defaults}, **saved}
     return sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
 
 
@@ -100,7 +109,7 @@ def ensure_run(config: TrainConfig, run_dir: Path, *, progress: bool,
     wanted = config.to_dict()
     config_file = run_dir / "config.json"
     if config_file.exists():
-        differs = _config_difference(_read_json(config_file), wanted)
+        differs = config_difference(_read_json(config_file), wanted)
         if differs:
             raise CompareError(f"{run_dir}: holds a run with a different config (differs in "
                                f"{', '.join(differs)}); use another --out or delete it")

@@ -52,10 +52,15 @@ def _setup_blocks(payload: dict[str, Any]) -> list[Block]:
         f"batch {s['batch_size']}, {s['precision']}, {s['epochs']} epochs, seeds "
         f"0..{s['seeds'] - 1} ({s['seeds']} per model). Baseline without feature sharing: "
         f"{s['baseline']}.")]
+    reductions = []
     if s["epochs"] != s["recipe_epochs"]:
-        blocks.append(Paragraph(
-            f"Reduced run: {s['epochs']} epochs instead of the recipe's {s['recipe_epochs']}. "
-            "These numbers are not those of the full recipe.", emphasis=True))
+        reductions.append(f"{s['epochs']} epochs instead of the recipe's {s['recipe_epochs']}")
+    if s["overrides"].get("limit_train") is not None:
+        reductions.append(f"a stratified subset of {s['overrides']['limit_train']:,} training "
+                          "images instead of the whole training split")
+    if reductions:
+        blocks.append(Paragraph("Reduced run: " + " and ".join(reductions) + ". These numbers "
+                                "are not those of the full recipe.", emphasis=True))
     if s["overrides"]:
         blocks.append(Paragraph("Changed from the recipe: " + ", ".join(
             f"{k}={json.dumps(v)}" for k, v in sorted(s["overrides"].items())) + "."))
@@ -63,12 +68,13 @@ def _setup_blocks(payload: dict[str, Any]) -> list[Block]:
         blocks.append(Paragraph("Model options: " + "; ".join(
             f"{m}: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in opts.items())
             for m, opts in s["model_options"].items()) + "."))
-    load = env["load_average"]
+    start, end = env["load_average"], payload["environment"]["end"]["load_average"]
+    load = (f"; 1-minute load average {start[0]:.1f} when the comparison started and "
+            f"{end[0]:.1f} when it ended" if start and end else "")
     blocks.append(Paragraph(
         f"Measured with torch {env['torch']} on {env['platform']}, {env['cpu_count']} CPUs, "
-        f"{env['torch_threads']} torch threads, GPU: {env['cuda'] or 'none'}"
-        + (f"; load average {load[0]:.1f} at the start" if load else "")
-        + ". Times depend on the machine and on whatever else ran on it."))
+        f"{env['torch_threads']} torch threads, GPU: {env['cuda'] or 'none'}{load}. Times "
+        "depend on the machine and on whatever else ran on it."))
     return blocks
 
 
