@@ -159,7 +159,8 @@ def _method_blocks(payload: dict[str, Any]) -> list[Block]:
         f"Verdicts: exact counts compare directly; peak memory (one measurement per model) "
         f"counts differences over {100 * MEMORY_TOLERANCE:.0f}%; seed-averaged numbers count "
         f"a difference only beyond {SIGNIFICANCE_SE:g} standard errors of the difference, "
-        "otherwise 'inconclusive'. 'Mixed': the two overfitting measures disagree.",
+        "otherwise 'inconclusive'. Overfitting: one conclusive measure decides; 'mixed' when "
+        "the two measures disagree.",
     ])]
 
 

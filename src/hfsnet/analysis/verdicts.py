@@ -112,13 +112,9 @@ def _overfitting(m: dict[str, Any], b: dict[str, Any]) -> tuple[str, str]:
     gap, gap_b = m["aggregate"]["gap"], b["aggregate"]["gap"]
     rise, rise_b = m["aggregate"]["test_loss_rise"], b["aggregate"]["test_loss_rise"]
     statuses = {seed_status(gap, gap_b, lower_is_better=True),
-                seed_status(rise, rise_b, lower_is_better=True)}
-    if len(statuses) == 1:
-        status = statuses.pop()
-    elif statuses == {SUPPORTED, NOT_SUPPORTED}:
-        status = MIXED
-    else:
-        status = INCONCLUSIVE
+                seed_status(rise, rise_b, lower_is_better=True)} - {INCONCLUSIVE}
+    # One conclusive measure decides; two that disagree are reported as such.
+    status = statuses.pop() if len(statuses) == 1 else (MIXED if statuses else INCONCLUSIVE)
     return status, (
         f"train minus test accuracy {_pm(gap, 100)} vs {_pm(gap_b, 100)} points; final test "
         f"loss above its minimum {_pm(rise, digits=3)} vs {_pm(rise_b, digits=3)}")
