@@ -91,6 +91,17 @@ def test_finished_runs_are_reused(compared, capsys):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
+def test_a_run_without_its_result_is_resumed_from_its_checkpoint(compared, capsys):
+    result = compared.out / "runs" / "hfs-seed1" / "result.json"
+    before = json.loads(result.read_text())
+    result.unlink()
+    assert main(compared.args()) == 0
+    assert f"resuming {result.parent}" in capsys.readouterr().out
+    after = json.loads(result.read_text())
+    assert after["history"] == before["history"]
+    assert after["test_acc"] == before["test_acc"]
+
+
 def test_a_run_with_another_config_is_never_overwritten(compared, capsys):
     args = compared.args()
     args[args.index("lr=0.003")] = "lr=0.01"
