@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hfsnet.analysis.compare import CompareError
 from hfsnet.analysis.document import (
     Block,
     Bullets,
@@ -16,7 +17,6 @@ from hfsnet.analysis.document import (
     to_html,
     to_markdown,
 )
-from hfsnet.analysis.plots import make_plots
 from hfsnet.analysis.units import format_bytes, format_count, format_si
 from hfsnet.analysis.verdicts import CLAIMS, MEMORY_TOLERANCE, SIGNIFICANCE_SE, judge
 
@@ -171,11 +171,23 @@ def build_blocks(payload: dict[str, Any]) -> list[Block]:
             Heading("Plots"), *plots, *_method_blocks(payload)]
 
 
+def _make_plots(payload: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    # Imported here: matplotlib is an optional extra (`plots`), and the CLI must start without it.
+    try:
+        from hfsnet.analysis.plots import make_plots
+    except ModuleNotFoundError as err:
+        if err.name != "matplotlib":
+            raise
+        raise CompareError("hfsnet compare draws its plots with matplotlib: "
+                           "pip install 'hfsnet[plots]'") from err
+    return make_plots(payload, out_dir)
+
+
 def write_report(payload: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Add verdicts and plots to ``payload``; write compare.json, report.md and report.html."""
     payload = {**payload, "claims": list(CLAIMS),
                "verdicts": [v.to_dict() for v in judge(payload)],
-               "plots": make_plots(payload, out_dir / PLOTS_DIR)}
+               "plots": _make_plots(payload, out_dir / PLOTS_DIR)}
     blocks = build_blocks(payload)
     (out_dir / COMPARE_JSON).write_text(json.dumps(payload, indent=2))
     (out_dir / REPORT_MD).write_text(to_markdown(blocks))
