@@ -80,7 +80,10 @@ def _run_training(args: argparse.Namespace) -> TrainResult:
         checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
         nonfinite=args.nonfinite, deterministic=args.deterministic, sync_bn=args.sync_bn,
         channels_last=args.channels_last, skip_bad=args.skip_bad, threads=args.threads,
-        ema_decay=args.ema_decay, tta_flip=args.tta_flip,
+        ema_decay=args.ema_decay, tta_flip=args.tta_flip, tta_translate=args.tta_translate,
+        momentum=args.momentum, warmup_fraction=args.warmup_fraction,
+        norm_lr_scale=args.norm_lr_scale, lookahead_every=args.lookahead_every,
+        alternate_flips=args.alternate_flips,
     )
     return train_with_log(config, args.out, log=args.log, progress=not args.quiet)
 
@@ -206,6 +209,17 @@ def _train_parser(sub: Any) -> None:
                    help="evaluate a moving average of the weights (0: off)")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluation averages each image with its mirror")
+    p.add_argument("--tta-translate", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --tta-flip: also average copies shifted by 1 px (6 views)")
+    p.add_argument("--momentum", type=float, help="SGD momentum (Nesterov)")
+    p.add_argument("--warmup-fraction", type=float, metavar="F",
+                   help="share of the steps the schedule warms up over")
+    p.add_argument("--norm-lr-scale", type=float, metavar="S",
+                   help="learning-rate multiplier of norm shifts and biases")
+    p.add_argument("--lookahead-every", type=int, metavar="N",
+                   help="lookahead: pull the weights to a slow average every N steps (0: off)")
+    p.add_argument("--alternate-flips", action=argparse.BooleanOptionalAction, default=None,
+                   help="mirror each image in alternate epochs instead of at random")
     p.add_argument("--sync-bn", action="store_true", default=None,
                    help="with several processes: batch-norm statistics over the global batch")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -14,18 +14,25 @@ import torch.nn.functional as F
 
 @dataclass
 class AugmentConfig:
-    """``crop_padding``: zero padding (px) for random crops, 0 = off; ``flip``: random horizontal
-    flips; ``cutout``: side (px) of a square zeroed at a random centre, 0 = off."""
+    """``crop_padding``: zero padding (px) for random crops, 0 = off; ``flip``: horizontal
+    flips, random per batch or, with ``alternate_flips``, in alternate epochs per image (the
+    caller passes the mask: see ``BatchLoader``); ``cutout``: side (px) of a square zeroed at a
+    random centre, 0 = off."""
 
     crop_padding: int = 4
     flip: bool = True
     cutout: int = 0
+    alternate_flips: bool = False
 
 
-def augment(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random crop, then flip, then cutout, as ``config`` enables them."""
+def augment(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
+            mirror: torch.Tensor | None = None) -> torch.Tensor:
+    """Random crop, then flip, then cutout, as ``config`` enables them. ``mirror`` (bool, one
+    per image) replaces the random flips when given."""
     x = random_crop(x, config.crop_padding, generator)
-    if config.flip:
+    if mirror is not None:
+        x = torch.where(mirror.to(x.device)[:, None, None, None], x.flip(-1), x)
+    elif config.flip:
         x = random_flip(x, generator)
     return cutout(x, config.cutout, generator)
 

@@ -25,7 +25,9 @@ class BatchLoader:
     Epoch ``e`` visits a permutation drawn from a generator seeded by (seed, e) only (identity
     order without ``shuffle``), so any batch can be rebuilt without replaying the ones before it:
     ``epoch(e, start_step=k)`` yields exactly the batches ``k..`` of a full pass, bit for bit.
-    Batch ``i`` is augmented with a generator seeded by (seed, e, i).
+    Batch ``i`` is augmented with a generator seeded by (seed, e, i). With ``alternate_flips``
+    image ``j`` is mirrored in epoch ``e`` iff ``start[j] xor (e odd)``, ``start`` a random
+    half of the images drawn from (seed, 2**32): every epoch sees the views the last one did not.
 
     With ``world_size`` > 1, ``batch_size`` is the global batch: every rank walks the same
     global batches, augments them identically, and keeps the ``rank``-th of ``world_size``
@@ -54,6 +56,10 @@ class BatchLoader:
         self.shuffle = shuffle
         self.augment = augment
         self.seed = seed
+        self.flip_start = None
+        if augment is not None and augment.flip and augment.alternate_flips:
+            start = torch.rand(len(self.labels), generator=seeded_generator(seed, 2**32)) < 0.5
+            self.flip_start = start.to(self.device)
         self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
@@ -81,7 +87,10 @@ class BatchLoader:
             index = order[step * self.batch_size:(step + 1) * self.batch_size]
             images = self.images[index]
             if self.augment is not None:
-                images = augment(images, self.augment, seeded_generator(self.seed, epoch, step))
+                mirror = (None if self.flip_start is None
+                          else self.flip_start[index] ^ bool(epoch % 2))
+                images = augment(images, self.augment, seeded_generator(self.seed, epoch, step),
+                                 mirror)
             labels = self.labels[index]
             if self.world_size > 1:
                 images = images.tensor_split(self.world_size)[self.rank]

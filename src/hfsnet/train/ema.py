@@ -1,4 +1,4 @@
-"""An exponential moving average of a model's weights, for evaluation."""
+"""Weight averages: an exponential moving average for evaluation, and lookahead."""
 
 from __future__ import annotations
 
@@ -44,4 +44,46 @@ class WeightAverage:
         if missing:
             raise KeyError(f"weight average lacks {sorted(missing)[:3]}")
         for key, value in self.shadow.items():
+            value.copy_(tensors[key])
+
+
+class Lookahead:
+    """Lookahead with airbench's schedule: every ``every`` steps the slow weights move towards
+    the fast ones, ``slow = d * slow + (1 - d) * fast``, and the fast weights restart from
+    them. ``d = 0.95**every * (step / total_steps)**3`` grows from 0 (plain training early on)
+    to 0.77 at the end, so the last epochs average out the noise of a high learning rate.
+    The run ends on the slow weights. Floating-point buffers (BN statistics) follow too.
+    """
+
+    def __init__(self, model: nn.Module, every: int, total_steps: int) -> None:
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every = every
+        self.total_steps = total_steps
+        self.slow = {k: v.detach().clone() for k, v in model.state_dict().items()
+                     if v.is_floating_point()}
+
+    def decay(self, step: int) -> float:
+        return 0.95**self.every * (step / self.total_steps) ** 3
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Call after optimizer step number ``step`` (1-based) of ``total_steps``."""
+        if step % self.every == 0:
+            decay = self.decay(step)
+            for key, value in model.state_dict().items():
+                if key in self.slow:
+                    self.slow[key].lerp_(value, 1 - decay)
+                    value.copy_(self.slow[key])
+        if step >= self.total_steps:
+            model.load_state_dict({**model.state_dict(), **self.slow})
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.slow)
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        missing = set(self.slow) - set(tensors)
+        if missing:
+            raise KeyError(f"lookahead state lacks {sorted(missing)[:3]}")
+        for key, value in self.slow.items():
             value.copy_(tensors[key])

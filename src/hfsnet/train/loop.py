@@ -23,7 +23,7 @@ from hfsnet.models import FeatureClassifier, create_model
 from hfsnet.train.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from hfsnet.train.config import ConfigError, TrainConfig
 from hfsnet.train.distributed import convert_sync_batchnorm, init_distributed
-from hfsnet.train.ema import WeightAverage
+from hfsnet.train.ema import Lookahead, WeightAverage
 from hfsnet.train.evaluate import EvalResult, evaluate
 from hfsnet.train.optim import ParamGroup, build_optimizer, set_lr_factor
 from hfsnet.train.progress import Progress
@@ -182,9 +182,10 @@ class Trainer:
         groups = groups or [ParamGroup("all", list(model.parameters()), config.lr)]
         self.optimizer = fused(build_optimizer(groups, config.optimizer,
                                                weight_decay=config.weight_decay,
-                                               momentum=config.momentum))
+                                               momentum=config.momentum,
+                                               no_decay_lr_scale=config.norm_lr_scale))
         augment = AugmentConfig(crop_padding=config.crop_padding, flip=config.flip,
-                                cutout=config.cutout)
+                                cutout=config.cutout, alternate_flips=config.alternate_flips)
         self.loader = BatchLoader(data.train, config.batch_size, mean=data.mean, std=data.std,
                                   shuffle=True, augment=augment, seed=config.seed,
                                   drop_last=len(data.train) > config.batch_size,
@@ -192,6 +193,8 @@ class Trainer:
                                   rank=self.dist.rank, world_size=self.dist.world_size)
         self.total_steps = config.epochs * len(self.loader)
         self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
+        self.lookahead = (Lookahead(self.model, config.lookahead_every, self.total_steps)
+                          if config.lookahead_every else None)
         self.store = CheckpointStore(out_dir, keep_last=config.keep_last)
         self.epoch = 0  # completed epochs
         self.tally = EpochTally()
@@ -231,6 +234,8 @@ class Trainer:
             self.tally.skipped += 1
             return float("nan"), 0
         self.optimizer.step()
+        if self.lookahead is not None:
+            self.lookahead.after_step(self.model, step + 1)
         if self.average is not None:
             self.average.update(self.model)
         return float(loss.detach()), int((logits.argmax(1) == y).sum())
@@ -275,9 +280,12 @@ class Trainer:
 
     def eval_model(self) -> torch.nn.Module:
         """What evaluation runs: the weight average if ``ema_decay`` is set, else the model;
-        wrapped to average each image with its mirror if ``tta_flip`` is set."""
+        wrapped to average each image with its mirror (and shifted copies) if ``tta_flip`` (and
+        ``tta_translate``) is set."""
         model = self.model if self.average is None else self.average.averaged_model(self.model)
-        return FlipAverage(model) if self.config.tta_flip else model
+        if not self.config.tta_flip:
+            return model
+        return FlipAverage(model, translate=self.config.tta_translate)
 
     def evaluate(self, split: str) -> EvalResult:
         c = self.config
@@ -311,6 +319,9 @@ class Trainer:
         rng_plain, rng_tensors = _rng_state()
         if self.average is not None:
             rng_tensors.update({f"ema.{k}": v for k, v in self.average.state_tensors().items()})
+        if self.lookahead is not None:
+            rng_tensors.update({f"lookahead.{k}": v
+                                for k, v in self.lookahead.state_tensors().items()})
         meta = {**data_meta(self.data), "config": self.config.to_dict(), "epoch": self.epoch,
                 "tally": asdict(self.tally), "global_step": self.global_step,
                 "history": self.history, "rng": rng_plain}
@@ -328,6 +339,8 @@ class Trainer:
         _set_rng_state(ckpt.meta["rng"], ckpt.tensors)
         if self.average is not None:
             self.average.load_state_tensors(ckpt.section("extra.ema"))
+        if self.lookahead is not None:
+            self.lookahead.load_state_tensors(ckpt.section("extra.lookahead"))
         self.store.protected.add(ckpt.path.resolve())
 
     def fit(self) -> TrainResult:

@@ -34,17 +34,21 @@ def build_optimizer(
     *,
     weight_decay: float,
     momentum: float = 0.9,
+    no_decay_lr_scale: float = 1.0,
 ) -> torch.optim.Optimizer:
     """One optimizer param group per (named group, decay/no-decay); each remembers its
-    ``base_lr`` so that a schedule can scale every group by the same factor."""
+    ``base_lr`` so that a schedule can scale every group by the same factor. The no-decay
+    half (norm shifts, biases) learns at ``no_decay_lr_scale`` times the group's rate."""
     torch_groups = []
     for group in groups:
         decay, no_decay = split_decay(group.params)
-        for params, wd, suffix in ((decay, weight_decay, ""), (no_decay, 0.0, ".no_decay")):
+        for params, wd, lr, suffix in ((decay, weight_decay, group.lr, ""),
+                                       (no_decay, 0.0, group.lr * no_decay_lr_scale,
+                                        ".no_decay")):
             if params:
                 torch_groups.append(
-                    {"params": params, "weight_decay": wd, "lr": group.lr,
-                     "base_lr": group.lr, "name": group.name + suffix}
+                    {"params": params, "weight_decay": wd, "lr": lr,
+                     "base_lr": lr, "name": group.name + suffix}
                 )
     if not torch_groups:
         raise ValueError("no trainable parameters: everything is frozen")

@@ -1,0 +1,123 @@
+"""A feature-sharing net laid out for speed, after Keller Jordan's airbench (2024).
+
+Each stage is a *pooled* dense pair: ``a = act(bn(pool(conv(x))))`` halves the resolution right
+after its first conv (so norm, activation and the second conv run on a quarter of the pixels),
+then ``b = act(bn(conv(a)))`` reads ``a``, and phi (a 1x1 conv) compresses the concatenation
+``[a, b]`` into the stage output. The head fuses the globally max-pooled output of every stage.
+The trunk starts with the fixed patch-whitening 2x2 conv. All training-speed choices are
+airbench's: batch norms whose scale is frozen at 1 (only the shift learns, at a higher rate:
+see ``TrainConfig.norm_lr_scale``), a fast running-statistics momentum, identity (Dirac)
+initialisation of the 3x3 convs, and logits scaled down by ``logit_scale``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from hfsnet.models.base import FeatureClassifier
+from hfsnet.models.layers import WhiteningStem
+from hfsnet.models.layers import activation as act_layer
+from hfsnet.models.registry import register
+
+
+def frozen_scale_norm(channels: int, momentum: float) -> nn.BatchNorm2d:
+    """BN whose scale stays 1: with a scale-invariant conv before it, a learned scale only
+    competes with the weight norm; the shift still learns."""
+    norm = nn.BatchNorm2d(channels, momentum=momentum, eps=1e-12)
+    norm.weight.requires_grad_(False)
+    return norm
+
+
+class PooledDenseStage(nn.Module):
+    """conv3x3 -> maxpool 2 -> BN -> act = a; conv3x3(a) -> BN -> act = b; phi([a, b])."""
+
+    def __init__(self, in_ch: int, width: int, *, act: str, momentum: float) -> None:
+        super().__init__()
+        self.first = nn.Sequential(
+            nn.Conv2d(in_ch, width, 3, padding=1, bias=False), nn.MaxPool2d(2),
+            frozen_scale_norm(width, momentum), act_layer(act, inplace=True))
+        self.second = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            frozen_scale_norm(width, momentum), act_layer(act, inplace=True))
+        self.phi = nn.Sequential(
+            nn.Conv2d(2 * width, width, 1, bias=False),
+            frozen_scale_norm(width, momentum), act_layer(act, inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.first(x)
+        return self.phi(torch.cat([a, self.second(a)], 1))
+
+
+class MaxFusionHead(nn.Module):
+    """Global max pool of every stage, concatenated, one bias-free linear layer, scaled."""
+
+    def __init__(self, level_channels: Sequence[int], num_classes: int, scale: float) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(sum(level_channels), num_classes, bias=False)
+        self.scale = scale
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        pooled = torch.cat([f.amax((2, 3)) for f in features], 1)
+        return self.classifier(pooled) * self.scale
+
+
+class AirHFSNet(FeatureClassifier):
+    """Whitening stem, then one :class:`PooledDenseStage` per entry of ``widths``.
+
+    ``momentum``: PyTorch's BN momentum (airbench's 0.6 in its convention is 0.4 here).
+    ``logit_scale``: the head's output multiplier; with label smoothing it sets how confident
+    the net can get for a given weight norm.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        *,
+        widths: Sequence[int] = (64, 256, 256),
+        activation: str = "gelu",
+        momentum: float = 0.4,
+        logit_scale: float = 1 / 9,
+        image_size: int | None = None,
+    ) -> None:
+        del image_size  # fully convolutional; accepted like every model's options
+        super().__init__()
+        self.stem = WhiteningStem(in_channels, activation)
+        channels = self.stem.out_channels
+        self.blocks = nn.ModuleList()
+        for width in widths:
+            self.blocks.append(PooledDenseStage(channels, width, act=activation,
+                                                momentum=momentum))
+            channels = width
+        self.level_channels = list(widths)
+        self.head = MaxFusionHead(self.level_channels, num_classes, logit_scale)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
+                # Identity on the first min(in, out) channels: every stage starts by passing
+                # its input through, which airbench finds worth a fraction of an epoch.
+                n = min(m.in_channels, m.out_channels)
+                with torch.no_grad():
+                    nn.init.dirac_(m.weight[:n, :n])
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        features = []
+        for block in self.blocks:
+            x = block(x)
+            features.append(x)
+        return features
+
+    def stage_channels(self) -> list[int]:
+        return list(self.level_channels)
+
+
+register("hfs-air", "airbench-style pooled dense stages 64/256/256, fused head (fast-long)")(
+    AirHFSNet)
+register("hfs-air-s", "hfs-air at widths 32/128/128: the 5-minute CPU preset",
+         widths=(32, 128, 128))(AirHFSNet)

@@ -1,0 +1,49 @@
+"""hfs-air: pooled dense stages, frozen norm scales, Dirac init, the fused max head."""
+
+import torch
+from torch import nn
+
+from hfsnet.models import create_model
+
+
+def _stage_params(c_in: int, w: int) -> int:
+    # conv3x3 c_in->w, conv3x3 w->w, phi 1x1 2w->w (all bias-free), three BNs (scale + shift)
+    return 9 * c_in * w + 9 * w * w + 2 * w * w + 3 * 2 * w
+
+
+def test_hfs_air_s_parameter_count_by_hand():
+    widths = (32, 128, 128)
+    expected = (_stage_params(24, 32) + _stage_params(32, 128) + _stage_params(128, 128)
+                + sum(widths) * 10)  # head: bias-free linear on the fused max-pooled levels
+    model = create_model("hfs-air-s")
+    assert sum(p.numel() for p in model.parameters()) == expected == 567_552
+
+
+def test_feature_shapes_and_logit_scale():
+    model = create_model("hfs-air", widths=(8, 16, 16)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    feats = model.forward_features(x)
+    assert [tuple(f.shape) for f in feats] == [(2, 8, 15, 15), (2, 16, 7, 7), (2, 16, 3, 3)]
+    pooled = torch.cat([f.amax((2, 3)) for f in feats], 1)
+    torch.testing.assert_close(model(x), model.head.classifier(pooled) / 9)
+    assert model.stage_channels() == [8, 16, 16] and model.num_features == 40
+
+
+def test_norm_scales_are_frozen_and_convs_start_as_identity():
+    model = create_model("hfs-air", widths=(8, 16, 16))
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(not m.weight.requires_grad and m.bias.requires_grad for m in norms)
+    assert all(m.momentum == 0.4 for m in norms)
+    second = model.blocks[1].second[0]  # 16 -> 16: the whole filter bank is the identity
+    x = torch.randn(1, 16, 5, 5)
+    torch.testing.assert_close(second(x), x)
+    first = model.blocks[1].first[0]  # 8 -> 16: the first 8 filters copy the input
+    y = torch.randn(1, 8, 5, 5)
+    torch.testing.assert_close(first(y)[:, :8], y)
+
+
+def test_reset_classifier_keeps_the_bias_free_head():
+    model = create_model("hfs-air-s")
+    model.reset_classifier(5)
+    assert model.head.classifier.out_features == 5 and model.head.classifier.bias is None
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
