@@ -131,6 +131,26 @@ def test_interrupted_build_leaves_nothing_behind(tmp_path, monkeypatch):
     assert get_cache(tmp_path, model, data, spec()).built
 
 
+def test_next_build_removes_what_a_killed_builder_left(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)  # that process has exited: nothing of it is running
+    killed = tmp_path / f".abc.{dead_pid}.x1.tmp"
+    set_aside = tmp_path / f".abc.{dead_pid}.old"
+    running = tmp_path / f".def.{os.getpid()}.x2.tmp"  # a live builder's: left alone
+    for path in (killed, set_aside, running):
+        path.mkdir()
+        (path / "train.npy").write_bytes(b"partial")
+    built = get_cache(tmp_path, small_model(), synthetic_data(), spec())
+    assert built.built
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [running.name, built.cache.path.name])
+
+
 def test_corrupt_array_is_detected_and_rebuilt_on_request(tmp_path):
     model, data = small_model(), synthetic_data()
     path = get_cache(tmp_path, model, data, spec()).cache.path

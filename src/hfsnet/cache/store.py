@@ -3,7 +3,8 @@
 A cache lives in ``<root>/<key digest>/``; the key is everything that decides its contents (trunk
 weights, data, preprocessing, levels, pooling), so a changed input gets a new directory and the
 same input finds the old one. A cache is built in a temporary directory under ``<root>`` and
-renamed into place only once complete: an interrupted build is never read.
+renamed into place only once complete: an interrupted build is never read, and the next build
+under the same root deletes what a killed builder left behind.
 """
 
 from __future__ import annotations
@@ -144,8 +145,9 @@ def build_cache(root: Path, key: CacheKey, fill: ArrayWriter) -> FeatureCache:
     replaced only after the new one is complete.
     """
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(root)
     final = root / key.digest()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=root))
     try:
         arrays: dict[str, dict[str, Any]] = {}
         maps: list[np.memmap] = []
@@ -169,6 +171,29 @@ def build_cache(root: Path, key: CacheKey, fill: ArrayWriter) -> FeatureCache:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return open_cache(final)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_builds(root: Path) -> list[Path]:
+    """Delete the temporary and set-aside directories (``.<digest>.<pid>.*``) of builders that
+    no longer run (killed mid-build); a live builder's are left alone. Returns what it deleted."""
+    stale = []
+    for path in root.glob(".*.*.*"):
+        parts = path.name.split(".")
+        if path.is_dir() and path.name.endswith((".tmp", ".old")) and parts[2].isdigit() \
+                and not _pid_alive(int(parts[2])):
+            shutil.rmtree(path, ignore_errors=True)
+            stale.append(path)
+    return stale
 
 
 def _move_into_place(tmp: Path, final: Path) -> None:
