@@ -32,6 +32,7 @@ from hfsnet.train.config import (
 from hfsnet.train.distributed import launch_torchrun
 from hfsnet.train.evaluate import evaluate
 from hfsnet.train.runtime import resolve_device
+from hfsnet.train.tta import FlipAverage
 
 EXIT_USAGE = 2  # bad input of any kind: argparse's convention
 
@@ -109,9 +110,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DataError(f"--data: images are {data.in_channels}x{data.image_size}, the "
                         f"checkpoint expects {meta['in_channels']}x{meta['image_size']}")
     device = resolve_device(args.device)
-    model.to(device)
+    trained = meta["config"]
+    # By default inference runs the way the model trained: bf16 and channels-last memory for
+    # the fast recipes (3-4x the fp32 NCHW speed on an AVX-512 BF16 CPU).
+    precision = args.precision or trained.get("precision", "fp32")
+    channels_last = bool(trained.get("channels_last", False))
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if args.tta_flip or args.tta_translate:
+        model = FlipAverage(model, translate=bool(args.tta_translate))
     result = evaluate(model, data.test, mean=tuple(meta["mean"]), std=tuple(meta["std"]),
-                      batch_size=args.batch_size, device=device, precision=args.precision)
+                      batch_size=args.batch_size, device=device, precision=precision,
+                      channels_last=channels_last)
     out = sys.stderr if args.json else sys.stdout
     print(f"test accuracy {100 * result.acc:.2f}%  loss {result.loss:.4f}  "
           f"({result.count} images)", file=out)
@@ -239,7 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset spec; default $HFSNET_DATA")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="default: the precision the checkpoint was trained in")
+    p.add_argument("--tta-flip", action="store_true",
+                   help="average each image with its mirror (as --recipe fast reports)")
+    p.add_argument("--tta-translate", action="store_true",
+                   help="also average 1 px shifts of each mirror pair (6 views)")
     add_common(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -185,6 +185,12 @@ def test_fast_recipe_through_the_cli_and_its_checkpoint_evaluates(tiny_folder, t
         expected = summarize(model(x), data.test.labels, data.num_classes)
     assert evaluated["test_acc"] == pytest.approx(expected.acc)
     assert 0 <= trained["test_acc"] <= 1 and trained["epochs"] == 1
+    # with --tta-flip (and the checkpoint's own precision) it reproduces the training report
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(tiny_folder),
+                 "--tta-flip", "--json"]) == 0
+    flipped = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert flipped["test_acc"] == pytest.approx(trained["test_acc"])
+    assert flipped["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("training", [True, False])
