@@ -47,3 +47,9 @@ def test_reset_classifier_keeps_the_bias_free_head():
     model.reset_classifier(5)
     assert model.head.classifier.out_features == 5 and model.head.classifier.bias is None
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+
+
+def test_phi_starts_as_the_sum_of_what_the_stage_shares():
+    stage = create_model("hfs-air", widths=(4, 8, 8)).blocks[1]
+    a, b = torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3)
+    torch.testing.assert_close(stage.phi[0](torch.cat([a, b], 1)), a + b)

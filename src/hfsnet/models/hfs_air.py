@@ -46,6 +46,16 @@ class PooledDenseStage(nn.Module):
             nn.Conv2d(2 * width, width, 1, bias=False),
             frozen_scale_norm(width, momentum), act_layer(act, inplace=True))
 
+    @torch.no_grad()
+    def init_residual(self) -> None:
+        """phi starts as ``a + b``: the stage begins as a residual block and the training
+        decides how to mix what it shares."""
+        w = self.phi[0].weight
+        w.zero_()
+        width = w.shape[0]
+        for half in (slice(0, width), slice(width, 2 * width)):
+            nn.init.dirac_(w[:, half])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.first(x)
         return self.phi(torch.cat([a, self.second(a)], 1))
@@ -104,6 +114,8 @@ class AirHFSNet(FeatureClassifier):
                 n = min(m.in_channels, m.out_channels)
                 with torch.no_grad():
                     nn.init.dirac_(m.weight[:n, :n])
+            elif isinstance(m, PooledDenseStage):
+                m.init_residual()
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
