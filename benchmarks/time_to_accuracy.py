@@ -1,7 +1,7 @@
 """Wall time to test accuracy of the fast presets on CIFAR-10, over several seeds.
 
     .venv/bin/python benchmarks/time_to_accuracy.py [--presets fast,fast-long] [--seeds 0,1,2,3,4]
-        [--epochs N] [--threads N] [--device auto|cpu|cuda] [--data PATH]
+        [--epochs N] [--threads N] [--device auto|cpu|cuda] [--data PATH] [--append]
 
 Every (preset, seed) is one ``hfsnet train --recipe PRESET --seed SEED`` process, timed from its
 start to its exit, right after it prints the final test accuracy (the decode cache is filled
@@ -102,13 +102,16 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in --results (a rerun replaces its own)")
     args = parser.parse_args()
     load_dataset(args.data)  # fill the decode cache outside the timed runs
-    rows = []
+    rows = json.loads(args.results.read_text())["rows"] if args.append else []
     for preset in args.presets.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            rows.append(run_once(preset, seed, args))
-            print(json.dumps(rows[-1]), flush=True)
+            row = run_once(preset, seed, args)
+            rows = [r for r in rows if (r["preset"], r["seed"]) != (preset, seed)] + [row]
+            print(json.dumps(row), flush=True)
     summary = summarize(rows)
     print_table(rows, summary)
     args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -108,18 +108,18 @@ def test_norm_lr_scale_gives_one_dimensional_parameters_their_own_rate():
 
 
 def test_air_recipe_values_and_validation():
-    air = resolve_config("air", data="x")
+    air = resolve_config("fast-long", data="x")
     assert (air.model, air.batch_size, air.optimizer, air.momentum, air.norm_lr_scale) == \
-        ("hfs-air-s", 1024, "sgd", 0.85, 64.0)
+        ("hfs-air-m", 1024, "sgd", 0.85, 64.0)
     assert air.lr * air.weight_decay == pytest.approx(0.002)
     assert (air.alternate_flips, air.lookahead_every, air.tta_flip, air.tta_translate) == \
         (True, 5, True, True)
     with pytest.raises(ConfigError, match="tta-translate"):
-        resolve_config("air", data="x", tta_flip=False)
+        resolve_config("fast-long", data="x", tta_flip=False)
     with pytest.raises(ConfigError, match="lookahead"):
-        resolve_config("air", data="x", lookahead_every=-1)
+        resolve_config("fast-long", data="x", lookahead_every=-1)
     with pytest.raises(ConfigError, match="norm-lr-scale"):
-        resolve_config("air", data="x", norm_lr_scale=0.0)
+        resolve_config("fast-long", data="x", norm_lr_scale=0.0)
 
 
 def small_air(data, **over):
@@ -127,7 +127,7 @@ def small_air(data, **over):
                   model_options={"widths": [4, 8, 8]}, precision="fp32", channels_last=False,
                   lookahead_every=2)
     values.update(over)
-    return resolve_config("air", **values)
+    return resolve_config("fast", **values)
 
 
 def test_resume_with_lookahead_is_bit_identical(tiny_folder, tmp_path):
@@ -158,7 +158,7 @@ def test_air_flags_through_the_cli(tiny_folder, tmp_path):
     from hfsnet.cli import main
 
     out = tmp_path / "cli"
-    argv = ["train", "--recipe", "air", "--data", str(tiny_folder), "--out", str(out),
+    argv = ["train", "--recipe", "fast", "--data", str(tiny_folder), "--out", str(out),
             "--epochs", "1", "--batch-size", "8", "--precision", "fp32", "--quiet",
             "--model-opt", "widths=[4,4,4]", "--lookahead-every", "3", "--norm-lr-scale", "8",
             "--momentum", "0.8", "--warmup-fraction", "0.1", "--no-alternate-flips",

@@ -79,12 +79,13 @@ def test_fused_optimizer_keeps_groups_and_takes_the_same_step(kind):
 def test_fast_recipes():
     fast = resolve_config("fast", data="x")
     assert (fast.model, fast.optimizer, fast.batch_size, fast.lr, fast.schedule) == \
-        ("hfs-fast", "sgd", 512, 0.2, "onecycle")
+        ("hfs-air-s", "sgd", 1024, 1.5, "onecycle")
     assert (fast.label_smoothing, fast.crop_padding, fast.flip, fast.tta_flip) == \
         (0.2, 2, True, True)
     assert (fast.precision, fast.channels_last, fast.track_test) == ("bf16", True, False)
     long = resolve_config("fast-long", data="x")
-    assert long.epochs == 3 * fast.epochs == 24
+    assert (long.model, long.tta_translate, fast.tta_translate) == ("hfs-air-m", True, False)
+    assert long.epochs > fast.epochs
     assert resolve_config("fast", data="x", epochs=2, tta_flip=False).tta_flip is False
 
 
@@ -104,10 +105,9 @@ def test_new_fields_round_trip_strictly():
 
 
 def small_fast(data, **over):
-    """The fast recipe at test size: a narrow hfs-fast on 16x16 images, fp32, a few steps."""
-    values = dict(data=str(data), epochs=2, batch_size=16, eval_batch_size=10,
-                  model_options={"growth": [4, 4, 4], "projection_widths": [8, 8, 8]},
-                  precision="fp32", channels_last=False)
+    """The fast recipe at test size: a narrow hfs-air-s on 16x16 images, fp32, a few steps."""
+    values = dict(data=str(data), epochs=2, batch_size=16, eval_batch_size=10, lr=0.2,
+                  model_options={"widths": [4, 8, 8]}, precision="fp32", channels_last=False)
     values.update(over)
     return resolve_config("fast", **values)
 
@@ -167,7 +167,7 @@ def test_fast_recipe_through_the_cli_and_its_checkpoint_evaluates(tiny_folder, t
     out = tmp_path / "cli-run"
     argv = ["train", "--recipe", "fast", "--data", str(tiny_folder), "--out", str(out),
             "--epochs", "1", "--batch-size", "16", "--precision", "fp32", "--quiet", "--json",
-            "--model-opt", "growth=[4,4,4]", "--model-opt", "projection_widths=[8,8,8]"]
+            "--lr", "0.2", "--model-opt", "widths=[4,8,8]"]
     assert main(argv) == 0
     trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert main(["evaluate", "--checkpoint", str(out), "--data", str(tiny_folder),

@@ -129,7 +129,9 @@ class AirHFSNet(FeatureClassifier):
         return list(self.level_channels)
 
 
-register("hfs-air", "airbench-style pooled dense stages 64/256/256, fused head (fast-long)")(
+register("hfs-air", "airbench-style pooled dense stages 64/256/256 (airbench94's widths), "
+         "fused head")(AirHFSNet)
+register("hfs-air-m", "hfs-air at widths 64/128/128 (airbench93's): --recipe fast-long",
+         widths=(64, 128, 128))(AirHFSNet)
+register("hfs-air-s", "hfs-air at widths 32/128/128: --recipe fast", widths=(32, 128, 128))(
     AirHFSNet)
-register("hfs-air-s", "hfs-air at widths 32/128/128: the 5-minute CPU preset",
-         widths=(32, 128, 128))(AirHFSNet)
