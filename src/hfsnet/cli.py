@@ -29,7 +29,7 @@ from hfsnet.train.config import (
     RECIPES,
     SCHEDULES,
 )
-from hfsnet.train.distributed import launch_torchrun
+from hfsnet.train.distributed import close_distributed, launch_torchrun
 from hfsnet.train.evaluate import evaluate
 from hfsnet.train.runtime import resolve_device
 from hfsnet.train.tta import FlipAverage
@@ -280,7 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        code = func(args)
+        close_distributed()
+        return code
     except HfsnetError as err:
         if args.debug:
             traceback.print_exc()

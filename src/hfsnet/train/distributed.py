@@ -71,6 +71,14 @@ def init_distributed(device_kind: str) -> DistContext:
     return DistContext(rank, world_size, local_rank)
 
 
+def close_distributed() -> None:
+    """Leave the process group together: a rank that exits while another still talks to it
+    can make gloo abort the other one ("connection closed by peer") after all work is done."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class CpuSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose batch statistics cover the global batch of all ranks, on any device.
 
