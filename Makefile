@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(BIN)/hfsnet train --data $(HFSNET_DATA) --out runs/main $(RUN_ARGS)
+	$(BIN)/hfsnet train --recipe fast --data $(HFSNET_DATA) --out runs/main $(RUN_ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
