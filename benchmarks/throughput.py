@@ -13,7 +13,7 @@ alike. Prints a table and writes ``benchmarks/results/throughput.json``.
 
     .venv/bin/python benchmarks/throughput.py --profile fast [--steps 6] [--threads N]
 
-instead profiles ``--steps`` training steps of a recipe (``fast``: hfs-fast, batch 512) through
+instead profiles ``--steps`` training steps of a recipe (``fast``: hfs-air-s, batch 1024) through
 the trainer's loader and model: seconds per step by kind of operator (convolutions forward and
 backward, norms, activations, pooling, concatenation and casts, optimizer, loss), batch
 preparation (augmentation and normalisation) timed apart, and the model's forward MACs per
