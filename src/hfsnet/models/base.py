@@ -65,3 +65,27 @@ class FeatureClassifier(nn.Module):
     def stage_channels(self) -> list[int]:
         """Channels of each level :meth:`forward_features` returns."""
         raise NotImplementedError
+
+
+class StagedClassifier(FeatureClassifier):
+    """A stem (or none) and a list of blocks; every block's output is one level.
+
+    Subclasses set ``self.stem``, ``self.blocks`` (an ``nn.ModuleList``) and
+    ``self.level_channels`` (each block's output channels) before use.
+    """
+
+    stem: nn.Module | None
+    blocks: nn.ModuleList
+    level_channels: list[int]
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.stem is not None:
+            x = self.stem(x)
+        features = []
+        for block in self.blocks:
+            x = block(x)
+            features.append(x)
+        return features
+
+    def stage_channels(self) -> list[int]:
+        return list(self.level_channels)

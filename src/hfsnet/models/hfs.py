@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
-from hfsnet.models.base import FeatureClassifier
+from hfsnet.models.base import StagedClassifier
 from hfsnet.models.layers import DenseStage, FusionHead, WhiteningStem, projection
 from hfsnet.models.layers import activation as act_layer
 from hfsnet.models.registry import register, register_entry
@@ -20,7 +19,7 @@ def _per_stage(value: int | Sequence[int], n_stages: int, name: str) -> list[int
     return values
 
 
-class HFSNet(FeatureClassifier):
+class HFSNet(StagedClassifier):
     """Stages of dense layers. Between stages a 1x1 projection (phi) compresses the stage's
     concatenation and a 2x2 pool halves the resolution; the head fuses every stage.
 
@@ -122,18 +121,6 @@ class HFSNet(FeatureClassifier):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if self.stem is not None:
-            x = self.stem(x)
-        features = []
-        for block in self.blocks:
-            x = block(x)
-            features.append(x)
-        return features
-
-    def stage_channels(self) -> list[int]:
-        return list(self.level_channels)
 
 
 register(

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from hfsnet.models.base import FeatureClassifier
+from hfsnet.models.base import StagedClassifier
 from hfsnet.models.layers import WhiteningStem
 from hfsnet.models.layers import activation as act_layer
 from hfsnet.models.registry import register
@@ -74,7 +74,7 @@ class MaxFusionHead(nn.Module):
         return self.classifier(pooled) * self.scale
 
 
-class AirHFSNet(FeatureClassifier):
+class AirHFSNet(StagedClassifier):
     """Whitening stem, then one :class:`PooledDenseStage` per entry of ``widths``.
 
     ``momentum``: PyTorch's BN momentum (airbench's 0.6 in its convention is 0.4 here).
@@ -116,17 +116,6 @@ class AirHFSNet(FeatureClassifier):
                     nn.init.dirac_(m.weight[:n, :n])
             elif isinstance(m, PooledDenseStage):
                 m.init_residual()
-
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        features = []
-        for block in self.blocks:
-            x = block(x)
-            features.append(x)
-        return features
-
-    def stage_channels(self) -> list[int]:
-        return list(self.level_channels)
 
 
 register("hfs-air", "airbench-style pooled dense stages 64/256/256 (airbench94's widths), "
