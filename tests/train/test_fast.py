@@ -84,9 +84,10 @@ def test_fast_recipes():
         (0.2, 2, True, True)
     assert (fast.precision, fast.channels_last, fast.track_test) == ("bf16", True, False)
     long = resolve_config("fast-long", data="x")
-    assert (long.model, long.tta_translate, fast.tta_translate) == ("hfs-air-m", True, False)
+    assert (long.model, long.tta_translate, fast.tta_translate) == ("hfs-air-m", True, True)
     assert long.epochs > fast.epochs
-    assert resolve_config("fast", data="x", epochs=2, tta_flip=False).tta_flip is False
+    plain = resolve_config("fast", data="x", epochs=2, tta_flip=False, tta_translate=False)
+    assert (plain.tta_flip, plain.tta_translate) == (False, False)
 
 
 @pytest.mark.parametrize(("key", "value", "flag"), [("ema_decay", 1.0, "--ema-decay"),
@@ -112,7 +113,7 @@ def small_fast(data, **over):
     return resolve_config("fast", **values)
 
 
-def test_fast_preset_trains_and_its_final_test_accuracy_uses_flip_tta(tiny_folder, tmp_path):
+def test_fast_preset_trains_and_its_final_test_accuracy_uses_six_view_tta(tiny_folder, tmp_path):
     trainer = fresh_trainer(small_fast(tiny_folder, epochs=3), tmp_path / "run", progress=False)
     result = trainer.fit()
     assert result.epochs == 3
@@ -121,7 +122,7 @@ def test_fast_preset_trains_and_its_final_test_accuracy_uses_flip_tta(tiny_folde
     x = (trainer.data.test.images.float() / 255 - torch.tensor(trainer.data.mean)[:, None, None]) \
         / torch.tensor(trainer.data.std)[:, None, None]
     with torch.no_grad():
-        logits = (model(x) + model(x.flip(-1))) / 2
+        logits = FlipAverage(model, translate=True)(x)  # checked by hand in test_air.py
     expected = summarize(logits, trainer.data.test.labels, trainer.data.num_classes)
     assert result.test_acc == pytest.approx(expected.acc)
     assert result.test_loss == pytest.approx(expected.loss, rel=1e-4)
@@ -185,9 +186,9 @@ def test_fast_recipe_through_the_cli_and_its_checkpoint_evaluates(tiny_folder, t
         expected = summarize(model(x), data.test.labels, data.num_classes)
     assert evaluated["test_acc"] == pytest.approx(expected.acc)
     assert 0 <= trained["test_acc"] <= 1 and trained["epochs"] == 1
-    # with --tta-flip (and the checkpoint's own precision) it reproduces the training report
+    # with the recipe's TTA (and the checkpoint's own precision) it reproduces the training report
     assert main(["evaluate", "--checkpoint", str(out), "--data", str(tiny_folder),
-                 "--tta-flip", "--json"]) == 0
+                 "--tta-flip", "--tta-translate", "--json"]) == 0
     flipped = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert flipped["test_acc"] == pytest.approx(trained["test_acc"])
     assert flipped["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-5)

@@ -109,7 +109,8 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"{message}, got {value!r}")
         if self.tta_translate and not self.tta_flip:
-            raise ConfigError("--tta-translate averages shifted mirror pairs: it needs --tta-flip")
+            raise ConfigError("--tta-translate averages shifted mirror pairs: it needs --tta-flip "
+                              "(or add --no-tta-translate)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -196,11 +197,13 @@ _AIR: dict[str, Any] = {
     "track_test": False,
     "tta_flip": True,
 }
-# Mirror TTA only: the 1 px shifts would cost 4 more passes over the test set (~15 s here).
-RECIPES["fast"] = {**_AIR, "model": "hfs-air-s", "epochs": 7, "eval_batch_size": 1000}
-# Wider first stage (airbench93's widths), more epochs, mirror + shift TTA (6 views, in batches
-# of 250 images so the 1,500-image passes stay in cache).
-RECIPES["fast-long"] = {**_AIR, "model": "hfs-air-m", "epochs": 12, "eval_batch_size": 250,
+# The final test pass averages 6 views (mirror and 1 px shifts), in batches of 250 images so the
+# 1,500-image passes stay in cache. Measured on the quiet 2-core CPU (docs/performance.md):
+# fast, 5 seeds: 86.1-86.7% in 287-300 s; fast-long (airbench93's widths and epoch count):
+# 88.2% in 671 s.
+RECIPES["fast"] = {**_AIR, "model": "hfs-air-s", "epochs": 7, "eval_batch_size": 250,
+                   "tta_translate": True}
+RECIPES["fast-long"] = {**_AIR, "model": "hfs-air-m", "epochs": 11, "eval_batch_size": 250,
                         "tta_translate": True}
 
 
