@@ -1,18 +1,15 @@
 """The air recipe's machinery: lookahead, alternating flips, shift TTA, norm learning rates."""
 
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hfsnet.data import AugmentConfig, BatchLoader, ImageSet, load_dataset
+from hfsnet.data import AugmentConfig, BatchLoader, ImageSet
 from hfsnet.train import resolve_config
 from hfsnet.train.checkpoint import load_checkpoint
 from hfsnet.train.config import ConfigError
 from hfsnet.train.ema import Lookahead
-from hfsnet.train.loop import Trainer, build_model, resume_trainer
 from hfsnet.train.optim import ParamGroup, build_optimizer, set_lr_factor
 from hfsnet.train.tta import FlipAverage
 
@@ -130,19 +127,9 @@ def small_air(data, **over):
     return resolve_config("fast", **values)
 
 
-def test_resume_with_lookahead_is_bit_identical(tiny_folder, tmp_path):
-    data = load_dataset(str(tiny_folder))
+def test_resume_with_lookahead_is_bit_identical(tiny_folder, tmp_path, full_and_resumed):
     cfg = small_air(tiny_folder, checkpoint_every=1, keep_last=100, deterministic=True)
-    torch.manual_seed(cfg.seed)
-    full = Trainer(cfg, tmp_path / "full", data, build_model(cfg, data), progress=False)
-    full.fit()
-    k = len(full.loader) + 1  # mid-way through the second epoch
-    source = full.store.step_dir / f"step-{k:09d}.safetensors"
-    part = tmp_path / "part"
-    (part / "checkpoints").mkdir(parents=True)
-    shutil.copy(source, part / "checkpoints" / source.name)
-    resumed = resume_trainer(part, data=data, progress=False)
-    resumed.fit()
+    full, resumed = full_and_resumed(cfg)
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(),
                             strict=True):
         assert torch.equal(a, b), name

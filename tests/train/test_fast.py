@@ -1,7 +1,6 @@
 """The fast preset's machinery: weight averaging, flip TTA, fused optimizers, recipes, resume."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from hfsnet.train.checkpoint import load_checkpoint
 from hfsnet.train.config import ConfigError, TrainConfig
 from hfsnet.train.ema import WeightAverage
 from hfsnet.train.evaluate import summarize
-from hfsnet.train.loop import Trainer, build_model, fresh_trainer, fused, resume_trainer
+from hfsnet.train.loop import fresh_trainer, fused
 from hfsnet.train.tta import FlipAverage
 
 
@@ -140,21 +139,10 @@ def test_threads_setting_is_applied(tiny_folder, tmp_path):
         torch.set_num_threads(before)
 
 
-def test_resume_with_weight_average_is_bit_identical(tiny_folder, tmp_path):
-    data = load_dataset(str(tiny_folder))
+def test_resume_with_weight_average_is_bit_identical(tiny_folder, tmp_path, full_and_resumed):
     cfg = small_fast(tiny_folder, ema_decay=0.8, checkpoint_every=1, keep_last=100,
                      deterministic=True)
-    torch.manual_seed(cfg.seed)
-    full = Trainer(cfg, tmp_path / "full", data, build_model(cfg, data), progress=False)
-    full.fit()
-    k = len(full.loader) + 1  # mid-way through the second epoch
-    source = full.store.step_dir / f"step-{k:09d}.safetensors"
-    part = tmp_path / "part"
-    (part / "checkpoints").mkdir(parents=True)
-    shutil.copy(source, part / "checkpoints" / source.name)
-    resumed = resume_trainer(part, data=data, progress=False)
-    assert resumed.global_step == k
-    resumed.fit()
+    full, resumed = full_and_resumed(cfg)
     for key, value in full.average.shadow.items():
         assert torch.equal(value, resumed.average.shadow[key]), key
     assert resumed.history[-1]["test_acc"] == full.history[-1]["test_acc"]
