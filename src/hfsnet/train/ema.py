@@ -8,6 +8,16 @@ import torch
 from torch import nn
 
 
+def _copy_into(state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+               what: str) -> None:
+    """Overwrite every entry of ``state`` in place from ``tensors`` (a checkpoint section)."""
+    missing = set(state) - set(tensors)
+    if missing:
+        raise KeyError(f"{what} lacks {sorted(missing)[:3]}")
+    for key, value in state.items():
+        value.copy_(tensors[key])
+
+
 class WeightAverage:
     """``shadow = decay * shadow + (1 - decay) * current`` over every floating-point entry of
     the model's state dict (weights and batch-norm running statistics), after each step.
@@ -40,11 +50,7 @@ class WeightAverage:
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore from :meth:`state_tensors` (e.g. a checkpoint section)."""
-        missing = set(self.shadow) - set(tensors)
-        if missing:
-            raise KeyError(f"weight average lacks {sorted(missing)[:3]}")
-        for key, value in self.shadow.items():
-            value.copy_(tensors[key])
+        _copy_into(self.shadow, tensors, "weight average")
 
 
 class Lookahead:
@@ -82,8 +88,4 @@ class Lookahead:
         return dict(self.slow)
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        missing = set(self.slow) - set(tensors)
-        if missing:
-            raise KeyError(f"lookahead state lacks {sorted(missing)[:3]}")
-        for key, value in self.slow.items():
-            value.copy_(tensors[key])
+        _copy_into(self.slow, tensors, "lookahead state")
