@@ -318,12 +318,16 @@ def run_grid(args: argparse.Namespace, target_all: DataSplits, pretrained: dict[
                         file.write(json.dumps(cell) + "\n")
 
 
+def read_cells(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     argv = list(argv if argv is not None else sys.argv[1:])
     args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "cells.jsonl"
-    done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    done = read_cells(log)
     data = load_dataset(args.data)
     source, target_all = (select_classes(data, SOURCE_CLASSES),
                           select_classes(data, TARGET_CLASSES))
@@ -334,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pretrained {model}: {pretrained[model]}", file=sys.stderr, flush=True)
     before = len(done)
     run_grid(args, target_all, pretrained, done, log)
+    # Re-read the log: invocations on disjoint seeds may run in parallel on one --work, and the
+    # results must hold every cell, not only this process's.
+    done = read_cells(log)
 
     previous = json.loads(args.results.read_text()) if args.results.is_file() else {}
     speed = previous.get("speed", {})

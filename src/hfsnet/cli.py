@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from hfsnet.cliutil import add_common, data_spec, emit, parse_option
+from hfsnet.cliutil import add_common, add_threads, data_spec, emit, parse_option
 from hfsnet.data import DataError, load_dataset, normalize, read_image_file
 from hfsnet.errors import HfsnetError
 from hfsnet.interop.tblog import LOG_KINDS
@@ -68,6 +68,9 @@ def _run_training(args: argparse.Namespace) -> TrainResult:
             return resume(args.out, progress=not args.quiet)
     elif args.resume:
         return resume(args.resume, progress=not args.quiet)
+    if args.tta_flip is False and args.tta_translate is None:
+        # --no-tta-flip means no test-time augmentation, also on recipes that add translations.
+        args.tta_translate = False
     config = train_config(
         args.config, args.recipe, share_layers=args.share_layers,
         model=args.model, data=args.data, epochs=args.epochs,
@@ -217,7 +220,8 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--ema-decay", type=float, metavar="D",
                    help="evaluate a moving average of the weights (0: off)")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="evaluation averages each image with its mirror")
+                   help="evaluation averages each image with its mirror (--no-tta-flip also turns "
+                        "off the translations)")
     p.add_argument("--tta-translate", action=argparse.BooleanOptionalAction, default=None,
                    help="with --tta-flip: also average copies shifted by 1 px (6 views)")
     p.add_argument("--momentum", type=float, help="SGD momentum (Nesterov)")
@@ -254,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average each image with its mirror (as --recipe fast reports)")
     p.add_argument("--tta-translate", action="store_true",
                    help="also average 1 px shifts of each mirror pair (6 views)")
+    add_threads(p)
     add_common(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -263,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the factory of a user network (its checkpoints never import code)")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--top-k", type=int, default=3)
+    add_threads(p)
     add_common(p)
     p.set_defaults(func=cmd_predict)
 
@@ -278,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         code = func(args)

@@ -17,6 +17,24 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    """--threads for commands that run a network without a training config."""
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="torch threads (default: one per core; 1 is faster when other "
+                             "jobs load the machine)")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def emit(args: argparse.Namespace, payload: dict[str, Any]) -> None:
     """Print ``payload`` as the last stdout line when --json was given."""
     if args.json:

@@ -95,3 +95,23 @@ def test_speed_flags_reach_the_saved_config(tiny_folder, tmp_path):
                  "1", "--threads", "1", "--ema-decay", "0.9", "--tta-flip"]) == 0
     saved = json.loads((run / "config.json").read_text())
     assert (saved["threads"], saved["ema_decay"], saved["tta_flip"]) == (1, 0.9, True)
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["predict", "x.jpg"], ["cache"], ["fit-head"]])
+def test_threads_flag_sets_torch_threads_before_the_command(command, tmp_path, monkeypatch,
+                                                            capsys):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    missing = str(tmp_path / "missing")
+    extra = ["--out", missing] if command == ["fit-head"] else []
+    assert main([*command, "--checkpoint", missing, *extra, "--threads", "1"]) == 2
+    assert calls == [1]
+    assert "missing" in capsys.readouterr().err
+
+
+def test_threads_flag_rejects_zero(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--checkpoint", "x", "--threads", "0"])
+    assert "--threads: expected an integer >= 1, got '0'" in capsys.readouterr().err

@@ -149,9 +149,9 @@ def test_air_flags_through_the_cli(tiny_folder, tmp_path):
             "--epochs", "1", "--batch-size", "8", "--precision", "fp32", "--quiet",
             "--model-opt", "widths=[4,4,4]", "--lookahead-every", "3", "--norm-lr-scale", "8",
             "--momentum", "0.8", "--warmup-fraction", "0.1", "--no-alternate-flips",
-            "--no-tta-translate"]
+            "--no-tta-flip"]
     assert main(argv) == 0
     saved = load_checkpoint(out).meta["config"]
     assert (saved["lookahead_every"], saved["norm_lr_scale"], saved["momentum"],
-            saved["warmup_fraction"], saved["alternate_flips"], saved["tta_translate"]) == \
-        (3, 8.0, 0.8, 0.1, False, False)
+            saved["warmup_fraction"], saved["alternate_flips"], saved["tta_flip"],
+            saved["tta_translate"]) == (3, 8.0, 0.8, 0.1, False, False, False)

@@ -12,7 +12,7 @@ from hfsnet.cache.levels import POOLS
 from hfsnet.cache.sgd import SgdOptions
 from hfsnet.cache.source import Source, for_trunk, load_source
 from hfsnet.cache.subsets import few_shot, select_classes
-from hfsnet.cliutil import add_common, data_spec, emit
+from hfsnet.cliutil import add_common, add_threads, data_spec, emit
 from hfsnet.data import DataError, DataSplits, load_dataset
 from hfsnet.train.config import DEVICES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES, resolve_config
 from hfsnet.train.distributed import launch_torchrun
@@ -94,7 +94,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, schedule=args.schedule, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, seed=args.seed, device=args.device,
         precision=args.precision, val_split=args.val_split, crop_padding=args.crop_padding,
-        flip=args.flip, cutout=args.cutout,
+        flip=args.flip, cutout=args.cutout, threads=args.threads,
     )
     data = target_data(args, source, config.val_split)
     options = FinetuneOptions(head_lr=args.head_lr, trunk_lr=args.trunk_lr,
@@ -119,6 +119,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-class", type=int, help="training images per class, drawn by --seed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=DEVICES, default="auto")
+    add_threads(p)
 
 
 def _cache_flags(p: argparse.ArgumentParser, what: str) -> None:
