@@ -118,6 +118,7 @@ def test_a_run_with_another_config_is_never_overwritten(compared, capsys):
     (["--model-opt", "hfs-seed:norm=true"], "--model-opt hfs-seed"),
     (["--baseline", "hfs-seed"], "--baseline"),
     (["--seeds", "0"], "--seeds"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
     (["--set", "track_test=false"], "--set track_test"),
 ])
 def test_bad_requests_exit_2_naming_the_flag(compared, tmp_path, capsys, change, message):
@@ -140,3 +141,22 @@ def test_fields_added_to_the_config_after_a_run_count_as_their_defaults():
     assert config_difference(older, wanted) == ["label_smoothing"]
     assert config_difference({**wanted, "lr": 0.02}, wanted) == ["lr"]
     assert config_difference(wanted, wanted) == []
+
+
+def test_jobs_train_the_runs_in_child_processes_then_reuse_them(compared, tmp_path, capsys):
+    out = tmp_path / "parallel"
+    assert main(compared.args("--jobs", "2", out=out)) == 0
+    log = capsys.readouterr().out
+    assert "training 4 runs, 2 at a time" in log
+    # the parent found every run finished by its children
+    assert log.count("reusing") == 4
+    payload = json.loads((out / "compare.json").read_text())
+    assert payload["setup"]["jobs"] == 2
+    for model in payload["models"]:
+        assert [r["seed"] for r in model["runs"]] == [0, 1]
+        for run in model["runs"]:
+            history = json.loads((out / run["run_dir"] / "result.json").read_text())["history"]
+            assert [h["epoch"] for h in history] == [1, 2]
+    # the child processes ran with one thread each, and the config they saved does not say so
+    saved = json.loads((out / "runs" / "hfs-seed0" / "config.json").read_text())
+    assert saved["threads"] == 0

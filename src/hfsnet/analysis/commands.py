@@ -75,7 +75,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     spec = CompareSpec(models=_model_list(args.models), data=data_spec(args.data),
                        recipe=args.recipe, seeds=args.seeds, out=args.out, epochs=args.epochs,
                        overrides=dict(args.set or []), model_options=_per_model(args.model_opt),
-                       baseline=args.baseline)
+                       baseline=args.baseline, jobs=args.jobs)
     stream = sys.stderr if args.json else sys.stdout
 
     def log(message: str) -> None:
@@ -125,6 +125,9 @@ def _compare_parser(sub: Any) -> None:
     p.add_argument("--data", help="dataset spec; default $HFSNET_DATA")
     p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     p.add_argument("--seeds", type=int, default=1, help="seeds per model: 0..SEEDS-1")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each in its own process with cores/JOBS threads "
+                        "(default 1)")
     p.add_argument("--out", type=Path, required=True,
                    help="directory for runs/, plots/, compare.json and the reports")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (reported)")
