@@ -53,3 +53,33 @@ def test_phi_starts_as_the_sum_of_what_the_stage_shares():
     stage = create_model("hfs-air", widths=(4, 8, 8)).blocks[1]
     a, b = torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3)
     torch.testing.assert_close(stage.phi[0](torch.cat([a, b], 1)), a + b)
+
+
+def test_without_sharing_and_fusion_it_is_airbench_plain_net():
+    """share=False: a stage returns its second conv's activation; fuse=False: the head reads
+    the last stage only. Parameters by hand: no phi, a head on the last width alone."""
+    model = create_model("hfs-air", widths=(8, 16, 16), share=False, fuse=False).eval()
+    assert all(block.phi is None for block in model.blocks)
+    expected = sum(9 * c * w + 9 * w * w + 2 * 2 * w
+                   for c, w in ((24, 8), (8, 16), (16, 16))) + 16 * 10
+    assert sum(p.numel() for p in model.parameters()) == expected
+    x = torch.randn(2, 3, 32, 32)
+    stage = model.blocks[0]
+    h = model.stem(x)
+    torch.testing.assert_close(stage(h), stage.second(stage.first(h)))
+    last = model.forward_features(x)[-1]
+    torch.testing.assert_close(model(x), model.head.classifier(last.amax((2, 3))) / 9)
+    assert model.num_features == 16
+
+
+def test_sharing_without_fusion_reads_the_last_stage_only():
+    model = create_model("hfs-air", widths=(8, 16, 16), fuse=False)
+    assert all(block.phi is not None for block in model.blocks)
+    assert model.num_features == 16 and model.head.levels == [2]
+
+
+def test_plain_presets_are_the_hfs_presets_without_sharing():
+    plain, shared = create_model("air-plain-s"), create_model("hfs-air-s")
+    assert plain.stage_channels() == shared.stage_channels() == [32, 128, 128]
+    assert all(b.phi is None for b in plain.blocks) and plain.head.levels == [2]
+    assert plain.num_features == 128 and shared.num_features == 288

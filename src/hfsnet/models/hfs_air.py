@@ -34,7 +34,8 @@ def frozen_scale_norm(channels: int, momentum: float) -> nn.BatchNorm2d:
 class PooledDenseStage(nn.Module):
     """conv3x3 -> maxpool 2 -> BN -> act = a; conv3x3(a) -> BN -> act = b; phi([a, b])."""
 
-    def __init__(self, in_ch: int, width: int, *, act: str, momentum: float) -> None:
+    def __init__(self, in_ch: int, width: int, *, act: str, momentum: float,
+                 share: bool = True) -> None:
         super().__init__()
         self.first = nn.Sequential(
             nn.Conv2d(in_ch, width, 3, padding=1, bias=False), nn.MaxPool2d(2),
@@ -42,14 +43,17 @@ class PooledDenseStage(nn.Module):
         self.second = nn.Sequential(
             nn.Conv2d(width, width, 3, padding=1, bias=False),
             frozen_scale_norm(width, momentum), act_layer(act, inplace=True))
+        # Without sharing the stage is airbench's plain block, its output ``b``: the ablation.
         self.phi = nn.Sequential(
             nn.Conv2d(2 * width, width, 1, bias=False),
-            frozen_scale_norm(width, momentum), act_layer(act, inplace=True))
+            frozen_scale_norm(width, momentum), act_layer(act, inplace=True)) if share else None
 
     @torch.no_grad()
     def init_residual(self) -> None:
         """phi starts as ``a + b``: the stage begins as a residual block and the training
         decides how to mix what it shares."""
+        if self.phi is None:
+            return
         w = self.phi[0].weight
         w.zero_()
         width = w.shape[0]
@@ -58,19 +62,26 @@ class PooledDenseStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.first(x)
+        if self.phi is None:
+            return self.second(a)
         return self.phi(torch.cat([a, self.second(a)], 1))
 
 
 class MaxFusionHead(nn.Module):
-    """Global max pool of every stage, concatenated, one bias-free linear layer, scaled."""
+    """Global max pool of every stage (or of the last only, ``fuse=False``), concatenated, one
+    bias-free linear layer, scaled."""
 
-    def __init__(self, level_channels: Sequence[int], num_classes: int, scale: float) -> None:
+    def __init__(self, level_channels: Sequence[int], num_classes: int, scale: float, *,
+                 fuse: bool = True) -> None:
         super().__init__()
-        self.classifier = nn.Linear(sum(level_channels), num_classes, bias=False)
+        last = len(level_channels) - 1
+        self.levels = list(range(last + 1)) if fuse else [last]
+        self.classifier = nn.Linear(sum(level_channels[i] for i in self.levels), num_classes,
+                                    bias=False)
         self.scale = scale
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        pooled = torch.cat([f.amax((2, 3)) for f in features], 1)
+        pooled = torch.cat([features[i].amax((2, 3)) for i in self.levels], 1)
         return self.classifier(pooled) * self.scale
 
 
@@ -80,6 +91,9 @@ class AirHFSNet(StagedClassifier):
     ``momentum``: PyTorch's BN momentum (airbench's 0.6 in its convention is 0.4 here).
     ``logit_scale``: the head's output multiplier; with label smoothing it sets how confident
     the net can get for a given weight norm.
+    ``share=False`` drops phi (each stage outputs its second conv, as in airbench) and
+    ``fuse=False`` makes the head read the last stage only: with both off the net is airbench's,
+    the ablation that measures what feature sharing adds.
     """
 
     def __init__(
@@ -91,6 +105,8 @@ class AirHFSNet(StagedClassifier):
         activation: str = "gelu",
         momentum: float = 0.4,
         logit_scale: float = 1 / 9,
+        share: bool = True,
+        fuse: bool = True,
         image_size: int | None = None,
     ) -> None:
         del image_size  # fully convolutional; accepted like every model's options
@@ -100,10 +116,10 @@ class AirHFSNet(StagedClassifier):
         self.blocks = nn.ModuleList()
         for width in widths:
             self.blocks.append(PooledDenseStage(channels, width, act=activation,
-                                                momentum=momentum))
+                                                momentum=momentum, share=share))
             channels = width
         self.level_channels = list(widths)
-        self.head = MaxFusionHead(self.level_channels, num_classes, logit_scale)
+        self.head = MaxFusionHead(self.level_channels, num_classes, logit_scale, fuse=fuse)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -124,3 +140,9 @@ register("hfs-air-m", "hfs-air at widths 64/128/128 (airbench93's): --recipe fas
          widths=(64, 128, 128))(AirHFSNet)
 register("hfs-air-s", "hfs-air at widths 32/128/128: --recipe fast", widths=(32, 128, 128))(
     AirHFSNet)
+# The same nets without feature sharing (airbench's plain layout): the baselines that
+# `hfsnet compare` sets the hfs-air presets against under the same recipe.
+register("air-plain-s", "hfs-air-s without phi or the fused head (airbench's plain net)",
+         widths=(32, 128, 128), share=False, fuse=False)(AirHFSNet)
+register("air-plain-m", "hfs-air-m without phi or the fused head (airbench's plain net)",
+         widths=(64, 128, 128), share=False, fuse=False)(AirHFSNet)
