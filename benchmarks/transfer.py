@@ -16,12 +16,14 @@ cache method includes building its cache. It also measures, side by side: buildi
 `evaluate` over the same images, an SGD epoch on the cache vs. a fine-tuning epoch on the same
 images, and ridge (grid search included) on the 50,000 cached descriptors of all of CIFAR-10.
 
-    nice -n 5 .venv/bin/python benchmarks/transfer.py          # the whole grid
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/transfer.py  # the whole grid
     .venv/bin/python benchmarks/transfer.py --models hfs-seed --sizes 100 --seeds 0 \
         --methods ridge --results /tmp/one-cell.json          # one cell, to time it
 
 Runs go to --work (pretrained trunks there are reused); results to --results as JSON, and a
-Markdown table is printed.
+Markdown table is printed. Every finished cell is appended to WORK/cells.jsonl, so a stopped grid
+resumes, and invocations on disjoint --seeds may run at once on one --work (the last to finish
+writes results holding all of them).
 """
 
 from __future__ import annotations
@@ -353,7 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         speed["ridge"] = ridge_speed(args.work)
     speed["sgd_epoch_vs_finetune_epoch"] = sgd_vs_finetune(done)
     rows = summarize(done)
-    invocation = "nice -n 5 .venv/bin/python benchmarks/transfer.py " + " ".join(argv)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    invocation = (f"OMP_NUM_THREADS={threads} " if threads else "") + \
+        ".venv/bin/python benchmarks/transfer.py " + " ".join(argv)
     ran = len(done) > before or args.speed != "none"
     results = {
         "commands": [*previous.get("commands", []), *([invocation] if ran else [])],
