@@ -52,7 +52,32 @@ def test_reset_classifier_keeps_the_bias_free_head():
 def test_phi_starts_as_the_sum_of_what_the_stage_shares():
     stage = create_model("hfs-air", widths=(4, 8, 8)).blocks[1]
     a, b = torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3)
-    torch.testing.assert_close(stage.phi[0](torch.cat([a, b], 1)), a + b)
+    torch.testing.assert_close(stage.phi[0]((a, b)), a + b)
+
+
+def test_phi_is_a_1x1_conv_over_the_concatenation_with_the_same_gradients():
+    from hfsnet.models.hfs_air import ConcatPointwise
+
+    torch.manual_seed(0)
+    phi = ConcatPointwise((3, 5), 4)
+    a = torch.randn(2, 3, 6, 6, requires_grad=True)
+    b = torch.randn(2, 5, 6, 6, requires_grad=True)
+    out = phi((a, b))
+    joined = torch.cat([a, b], 1)
+    expected = torch.nn.functional.conv2d(joined, phi.weight)
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (a, b, phi.weight), grad)
+    want = torch.autograd.grad(expected, (a, b, phi.weight), grad)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+    # The gradient flowing back into a channels-last part is channels-last itself; through
+    # torch.cat it was a strided slice, neither layout (the reason this is not torch.cat).
+    source = a.detach().to(memory_format=torch.channels_last).requires_grad_()
+    part, seen = source * 1, []
+    part.register_hook(seen.append)
+    phi((part, b.detach().to(memory_format=torch.channels_last))).sum().backward()
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_without_sharing_and_fusion_it_is_airbench_plain_net():

@@ -15,12 +15,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hfsnet.models.base import StagedClassifier
 from hfsnet.models.layers import WhiteningStem
 from hfsnet.models.layers import activation as act_layer
 from hfsnet.models.registry import register
+
+
+class ConcatPointwise(nn.Conv2d):
+    """A bias-free 1x1 conv over the channel concatenation of ``parts``, applied as the sum of
+    its weight's slices over each part.
+
+    The map is the concatenation's, but the backward hands each part its gradient in the
+    part's own (channels-last) layout. Through ``torch.cat`` each part got a strided slice of
+    the concatenation's gradient, which sent the GELU backward behind it down a slow path: a
+    hfs-air-s training step (bf16, channels-last) ran 5% slower that way.
+    """
+
+    def __init__(self, part_channels: Sequence[int], out_channels: int) -> None:
+        super().__init__(sum(part_channels), out_channels, 1, bias=False)
+        self.part_channels = list(part_channels)
+
+    def forward(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
+        weights = self.weight.split(self.part_channels, 1)
+        out = F.conv2d(parts[0], weights[0])
+        for part, weight in zip(parts[1:], weights[1:], strict=True):
+            out = out + F.conv2d(part, weight)
+        return out
 
 
 def frozen_scale_norm(channels: int, momentum: float) -> nn.BatchNorm2d:
@@ -45,7 +68,7 @@ class PooledDenseStage(nn.Module):
             frozen_scale_norm(width, momentum), act_layer(act, inplace=True))
         # Without sharing the stage is airbench's plain block, its output ``b``: the ablation.
         self.phi = nn.Sequential(
-            nn.Conv2d(2 * width, width, 1, bias=False),
+            ConcatPointwise((width, width), width),
             frozen_scale_norm(width, momentum), act_layer(act, inplace=True)) if share else None
 
     @torch.no_grad()
@@ -64,7 +87,7 @@ class PooledDenseStage(nn.Module):
         a = self.first(x)
         if self.phi is None:
             return self.second(a)
-        return self.phi(torch.cat([a, self.second(a)], 1))
+        return self.phi((a, self.second(a)))
 
 
 class MaxFusionHead(nn.Module):
