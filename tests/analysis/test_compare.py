@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import statistics
 
@@ -152,6 +153,10 @@ def test_jobs_train_the_runs_in_child_processes_then_reuse_them(compared, tmp_pa
     assert log.count("reusing") == 4
     payload = json.loads((out / "compare.json").read_text())
     assert payload["setup"]["jobs"] == 2
+    threads = payload["setup"]["threads_per_run"]
+    assert threads == max(1, (os.cpu_count() or 1) // 2)
+    assert f"2 runs trained at a time with {threads} torch thread(s) each" in \
+        (out / "report.md").read_text()
     for model in payload["models"]:
         assert [r["seed"] for r in model["runs"]] == [0, 1]
         for run in model["runs"]:

@@ -137,13 +137,20 @@ def _train_in_child(config: dict[str, Any], run_dir: Path, threads: int) -> None
                log=lambda message: print(message, flush=True))
 
 
+def threads_per_run(spec: CompareSpec) -> int:
+    """Torch threads each training run gets: cores / jobs when runs train side by side."""
+    if spec.jobs > 1:
+        return max(1, (os.cpu_count() or 1) // spec.jobs)
+    return int(spec.overrides.get("threads") or torch.get_num_threads())
+
+
 def train_in_parallel(spec: CompareSpec, log: Callable[[str], None]) -> None:
     """Train (or resume) every run of ``spec``, ``spec.jobs`` at a time in child processes.
 
     Each child gets cores // jobs threads: on a 2-core CPU two one-thread runs finish about 7%
     sooner than the same runs one after the other on two threads. The runs' own wall times are
     then measured under each other's load, alike for every model."""
-    threads = max(1, (os.cpu_count() or 1) // spec.jobs)
+    threads = threads_per_run(spec)
     log(f"training {len(spec.models) * spec.seeds} runs, {spec.jobs} at a time, {threads} "
         f"thread(s) each")
     # spawn, not fork: a forked child would inherit this process's OpenMP thread pool.
@@ -303,7 +310,8 @@ def run_compare(spec: CompareSpec, *, progress: bool = True,
         "setup": {
             "models": spec.models, "baseline": spec.baseline_model, "data": spec.data,
             "dataset": data.name, "classes": data.classes, "recipe": spec.recipe,
-            "seeds": spec.seeds, "jobs": spec.jobs, "epochs": first.epochs,
+            "seeds": spec.seeds, "jobs": spec.jobs, "threads_per_run": threads_per_run(spec),
+            "epochs": first.epochs,
             "recipe_epochs": recipe_epochs,
             "overrides": spec.overrides, "model_options": spec.model_options,
             "train_size": len(data.train), "test_size": len(data.test),

@@ -71,10 +71,13 @@ def _setup_blocks(payload: dict[str, Any]) -> list[Block]:
     start, end = env["load_average"], payload["environment"]["end"]["load_average"]
     load = (f"; 1-minute load average {start[0]:.1f} when the comparison started and "
             f"{end[0]:.1f} when it ended" if start and end else "")
+    threads = s.get("threads_per_run", env["torch_threads"])
+    runs = (f"{s['jobs']} runs trained at a time with {threads} torch thread(s) each"
+            if s.get("jobs", 1) > 1 else f"{threads} torch threads")
     blocks.append(Paragraph(
         f"Measured with torch {env['torch']} on {env['platform']}, {env['cpu_count']} CPUs, "
-        f"{env['torch_threads']} torch threads, GPU: {env['cuda'] or 'none'}{load}. Times "
-        "depend on the machine and on whatever else ran on it."))
+        f"{runs}, GPU: {env['cuda'] or 'none'}{load}. Times depend on the machine and on "
+        "whatever else ran on it."))
     return blocks
 
 
