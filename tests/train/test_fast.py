@@ -83,7 +83,7 @@ def test_fast_recipes():
         (0.2, 2, True, True)
     assert (fast.precision, fast.channels_last, fast.track_test) == ("bf16", True, False)
     long = resolve_config("fast-long", data="x")
-    assert (long.model, long.tta_translate, fast.tta_translate) == ("hfs-air-m", True, True)
+    assert (long.model, long.tta_translate, fast.tta_translate) == ("hfs-air-m", True, False)
     assert long.epochs > fast.epochs
     plain = resolve_config("fast", data="x", epochs=2, tta_flip=False, tta_translate=False)
     assert (plain.tta_flip, plain.tta_translate) == (False, False)

@@ -1,0 +1,104 @@
+"""The price of feature sharing per training step: hfs-air-s against its plain twin, side by side.
+
+    .venv/bin/python benchmarks/sharing_step.py [--batch-size 1024] [--rounds 4] [--threads 1]
+
+Times one SGD training step (bf16 autocast, channels-last, the `fast` recipe's layout) of
+
+    air-plain-s   no phi, head on the last stage (airbench's net)
+    fuse-only     no phi, head fusing every stage
+    share-only    phi, head on the last stage
+    hfs-air-s     phi and the fused head
+    hfs-air-s-cat phi applied to torch.cat([a, b]), as before ConcatPointwise
+
+on one random batch, the variants interleaved round by round so that load on the machine hits
+them alike; the minimum over rounds is kept. Writes ``benchmarks/results/sharing_step.json``
+with each variant's milliseconds per step and its ratio to air-plain-s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hfsnet.models import create_model
+from hfsnet.models.hfs_air import PooledDenseStage
+
+RESULTS = Path(__file__).resolve().parent / "results" / "sharing_step.json"
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "air-plain-s": ("air-plain-s", {}),
+    "fuse-only": ("hfs-air-s", {"share": False}),
+    "share-only": ("hfs-air-s", {"fuse": False}),
+    "hfs-air-s": ("hfs-air-s", {}),
+    "hfs-air-s-cat": ("hfs-air-s", {}),
+}
+
+
+def concatenating_forward(stage: PooledDenseStage, x: torch.Tensor) -> torch.Tensor:
+    a = stage.first(x)
+    conv, norm, act = stage.phi
+    return act(norm(F.conv2d(torch.cat([a, stage.second(a)], 1), conv.weight)))
+
+
+def build(variant: str) -> nn.Module:
+    name, options = VARIANTS[variant]
+    model = create_model(name, **options)
+    if variant.endswith("-cat"):
+        for stage in model.blocks:
+            stage.forward = concatenating_forward.__get__(stage)
+    return model.to(memory_format=torch.channels_last)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, 3, 32, 32).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch_size,))
+    steps = {}
+    for variant in VARIANTS:
+        model = build(variant)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.85, nesterov=True)
+
+        def step(model: nn.Module = model, optimizer: torch.optim.Optimizer = optimizer) -> None:
+            with torch.autocast("cpu", torch.bfloat16):
+                loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        step()  # warm-up: oneDNN picks its kernels
+        steps[variant] = step
+    seconds: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(args.rounds):
+        for variant, step in steps.items():
+            start = time.perf_counter()
+            step()
+            seconds[variant].append(time.perf_counter() - start)
+    base = min(seconds["air-plain-s"])
+    rows = {v: {"ms_per_step": 1000 * min(s), "images_per_second": args.batch_size / min(s),
+                "ratio_to_plain": min(s) / base} for v, s in seconds.items()}
+    for variant, row in rows.items():
+        print(f"{variant:>14} {row['ms_per_step']:8.1f} ms/step {row['images_per_second']:6.0f} "
+              f"img/s {row['ratio_to_plain']:5.2f}x air-plain-s")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "batch_size": args.batch_size, "rounds": args.rounds, "threads": args.threads,
+        "load_average_before": os.getloadavg()[0], "torch": torch.__version__, "rows": rows,
+    }, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
