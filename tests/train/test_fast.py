@@ -104,16 +104,20 @@ def test_new_fields_round_trip_strictly():
         TrainConfig.from_dict({"tta_flip": "yes"})
 
 
-def small_fast(data, **over):
-    """The fast recipe at test size: a narrow hfs-air-s on 16x16 images, fp32, a few steps."""
+def small_fast(data, recipe="fast", **over):
+    """A fast recipe at test size: a narrow hfs-air net on 16x16 images, fp32, a few steps."""
     values = dict(data=str(data), epochs=2, batch_size=16, eval_batch_size=10, lr=0.2,
                   model_options={"widths": [4, 8, 8]}, precision="fp32", channels_last=False)
     values.update(over)
-    return resolve_config("fast", **values)
+    return resolve_config(recipe, **values)
 
 
-def test_fast_preset_trains_and_its_final_test_accuracy_uses_six_view_tta(tiny_folder, tmp_path):
-    trainer = fresh_trainer(small_fast(tiny_folder, epochs=3), tmp_path / "run", progress=False)
+@pytest.mark.parametrize(("recipe", "translate"), [("fast", False), ("fast-long", True)])
+def test_fast_presets_train_and_their_final_test_pass_averages_the_views(
+        recipe, translate, tiny_folder, tmp_path):
+    """fast averages each image with its mirror; fast-long also with 1 px shifts (6 views)."""
+    config = small_fast(tiny_folder, recipe, epochs=3)
+    trainer = fresh_trainer(config, tmp_path / "run", progress=False)
     result = trainer.fit()
     assert result.epochs == 3
     assert "test_acc" not in result.history[0]  # track_test is off: only the final pass
@@ -121,7 +125,7 @@ def test_fast_preset_trains_and_its_final_test_accuracy_uses_six_view_tta(tiny_f
     x = (trainer.data.test.images.float() / 255 - torch.tensor(trainer.data.mean)[:, None, None]) \
         / torch.tensor(trainer.data.std)[:, None, None]
     with torch.no_grad():
-        logits = FlipAverage(model, translate=True)(x)  # checked by hand in test_air.py
+        logits = FlipAverage(model, translate=translate)(x)  # checked by hand in test_air.py
     expected = summarize(logits, trainer.data.test.labels, trainer.data.num_classes)
     assert result.test_acc == pytest.approx(expected.acc)
     assert result.test_loss == pytest.approx(expected.loss, rel=1e-4)
