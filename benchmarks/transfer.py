@@ -22,13 +22,15 @@ images, and ridge (grid search included) on the 50,000 cached descriptors of all
 
 Runs go to --work (pretrained trunks there are reused); results to --results as JSON, and a
 Markdown table is printed. Every finished cell is appended to WORK/cells.jsonl, so a stopped grid
-resumes, and invocations on disjoint --seeds may run at once on one --work (the last to finish
-writes results holding all of them).
+resumes, and invocations on disjoint --seeds may run at once on one --work: the first pretrains
+each trunk while the others wait on its lock, and the last to finish writes results holding all
+the cells.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -106,15 +108,18 @@ def pretrain(model: str, source: DataSplits, spec: str, epochs: int, work: Path)
     """Train ``model`` on the source classes once; later runs reuse the run directory."""
     run = work / f"pretrain-{model}"
     done = run / "pretrain.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    start = time.perf_counter()
-    result = train(train_config(model, spec, epochs, 0), run, data=source, progress=False)
-    record = {"run": str(run), "epochs": epochs, "source_test_acc": result.test_acc,
-              "train_seconds": result.train_seconds, "wall_seconds": time.perf_counter() - start,
-              "params": result.params}
-    done.write_text(json.dumps(record, indent=2))
-    return record
+    # Invocations running at once on one --work: the first pretrains, the others wait for it.
+    with (work / f"pretrain-{model}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.is_file():
+            return json.loads(done.read_text())
+        start = time.perf_counter()
+        result = train(train_config(model, spec, epochs, 0), run, data=source, progress=False)
+        record = {"run": str(run), "epochs": epochs, "source_test_acc": result.test_acc,
+                  "train_seconds": result.train_seconds,
+                  "wall_seconds": time.perf_counter() - start, "params": result.params}
+        done.write_text(json.dumps(record, indent=2))
+        return record
 
 
 def _timed(fn: Any) -> tuple[Any, float]:
