@@ -147,9 +147,8 @@ def threads_per_run(spec: CompareSpec) -> int:
 def train_in_parallel(spec: CompareSpec, log: Callable[[str], None]) -> None:
     """Train (or resume) every run of ``spec``, ``spec.jobs`` at a time in child processes.
 
-    Each child gets cores // jobs threads: on a 2-core CPU two one-thread runs finish about 7%
-    sooner than the same runs one after the other on two threads. The runs' own wall times are
-    then measured under each other's load, alike for every model."""
+    Each child gets cores // jobs threads, so the jobs do not oversubscribe the cores. The
+    runs' own wall times are then measured under each other's load, alike for every model."""
     threads = threads_per_run(spec)
     log(f"training {len(spec.models) * spec.seeds} runs, {spec.jobs} at a time, {threads} "
         f"thread(s) each")
