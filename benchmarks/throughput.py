@@ -38,7 +38,7 @@ from hfsnet.analysis.summary import summarize as summarize_model
 from hfsnet.data import DataSplits, load_dataset, normalize
 from hfsnet.models import create_model
 from hfsnet.train import Trainer, resolve_config
-from hfsnet.train.loop import build_model
+from hfsnet.train.run import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 from plain_loop import train_plain

@@ -46,17 +46,17 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
-from hfsnet.cache.extract import CacheSpec, get_cache
-from hfsnet.cache.fit import HeadOptions, fit_head
-from hfsnet.cache.ridge import fit_ridge
-from hfsnet.cache.sgd import SgdOptions
-from hfsnet.cache.source import for_trunk, load_source
-from hfsnet.cache.subsets import few_shot, select_classes
 from hfsnet.data import DataSplits, load_dataset
 from hfsnet.train import resolve_config, train
 from hfsnet.train.config import TrainConfig
 from hfsnet.train.evaluate import evaluate
-from hfsnet.train.finetune import FinetuneOptions, build_finetuner
+from hfsnet.transfer.extract import CacheSpec, get_cache
+from hfsnet.transfer.finetune import FinetuneOptions, build_finetuner
+from hfsnet.transfer.fit import HeadOptions, fit_head
+from hfsnet.transfer.ridge import fit_ridge
+from hfsnet.transfer.sgd import SgdOptions
+from hfsnet.transfer.source import for_trunk, load_source
+from hfsnet.transfer.subsets import few_shot, select_classes
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_CLASSES = ("airplane", "automobile", "bird", "cat", "deer")

@@ -13,7 +13,8 @@ import torch
 from hfsnet.data import load_dataset
 from hfsnet.train import resolve_config
 from hfsnet.train.checkpoint import CheckpointStore, load_checkpoint
-from hfsnet.train.loop import NonFiniteError, Trainer, build_model
+from hfsnet.train.loop import NonFiniteError, Trainer
+from hfsnet.train.run import build_model
 
 SMALL = ["--model", "hfs", "--model-opt", "stages=[1,1]", "--model-opt", "growth=8",
          "--model-opt", "stem=8", "--batch-size", "16", "--precision", "fp32", "--quiet"]

@@ -8,7 +8,7 @@ import torch
 from hfsnet.data import load_dataset
 from hfsnet.train import resolve_config, train
 from hfsnet.train.checkpoint import CheckpointStore, load_checkpoint
-from hfsnet.train.loop import resume_trainer
+from hfsnet.train.run import resume_trainer
 
 EPOCHS = 2
 
@@ -27,7 +27,8 @@ def full_run(tiny_folder, tmp_path):
     """An uninterrupted run with a checkpoint after every step, and its per-step losses."""
     data = load_dataset(str(tiny_folder))
     losses: dict[int, float] = {}
-    from hfsnet.train.loop import Trainer, build_model
+    from hfsnet.train.loop import Trainer
+    from hfsnet.train.run import build_model
 
     cfg = config(tiny_folder)
     torch.manual_seed(cfg.seed)

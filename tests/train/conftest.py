@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from hfsnet.data import load_dataset
-from hfsnet.train.loop import Trainer, build_model, resume_trainer
+from hfsnet.train.loop import Trainer
+from hfsnet.train.run import build_model, resume_trainer
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from hfsnet.train.checkpoint import load_checkpoint
 from hfsnet.train.config import ConfigError, TrainConfig
 from hfsnet.train.ema import WeightAverage
 from hfsnet.train.evaluate import summarize
-from hfsnet.train.loop import fresh_trainer, fused
+from hfsnet.train.optim import fused
+from hfsnet.train.run import fresh_trainer
 from hfsnet.train.tta import FlipAverage
 
 

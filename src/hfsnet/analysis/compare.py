@@ -34,7 +34,7 @@ from hfsnet.train import TrainConfig, resolve_config, resume, train
 from hfsnet.train.checkpoint import CheckpointError, load_checkpoint
 from hfsnet.train.config import RECIPES
 from hfsnet.train.evaluate import evaluate
-from hfsnet.train.loop import load_data
+from hfsnet.train.run import load_data
 
 # Keys with their own flags: setting them through --set would make runs disagree with names.
 _RESERVED_KEYS = ("model", "model_options", "data", "seed", "recipe", "epochs")

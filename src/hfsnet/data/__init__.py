@@ -4,7 +4,7 @@ from .augment import AugmentConfig
 from .decode import read_image_file
 from .errors import DataError
 from .imageset import DataSplits, ImageSet
-from .load import load_dataset
+from .load import data_spec, load_dataset
 from .loader import BatchLoader
 from .stats import normalize
 
@@ -14,6 +14,7 @@ __all__ = [
     "DataError",
     "DataSplits",
     "ImageSet",
+    "data_spec",
     "load_dataset",
     "normalize",
     "read_image_file",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -75,3 +76,11 @@ def _judge_bad_files(bad: list[str], skip_bad: bool) -> None:
         raise DataError(f"{len(bad)} unreadable image file(s): {listing(bad)}; remove or replace "
                         "them, or skip them (--skip-bad)")
     warnings.warn(f"skipped {len(bad)} unreadable image file(s): {listing(bad)}", stacklevel=3)
+
+
+def data_spec(value: str | None) -> str:
+    """--data, else $HFSNET_DATA, else a clear error."""
+    spec = value or os.environ.get("HFSNET_DATA")
+    if not spec:
+        raise DataError("--data: no dataset given (pass --data SPEC or set HFSNET_DATA)")
+    return spec

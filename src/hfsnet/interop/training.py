@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hfsnet.cliutil import data_spec
+from hfsnet.data import data_spec
 from hfsnet.interop.config_files import read_config_file
 from hfsnet.interop.tblog import (
     LOG_DIR,
@@ -25,12 +25,7 @@ from hfsnet.interop.tblog import (
 )
 from hfsnet.interop.user_models import is_user_spec, register_user_model
 from hfsnet.train import TrainConfig, TrainResult, resolve_config, train
-from hfsnet.train.loop import fresh_trainer
-
-
-def layer_names(text: str) -> list[str]:
-    """``--share-layers a,b,c`` as a list of names."""
-    return [name.strip() for name in text.split(",") if name.strip()]
+from hfsnet.train.run import fresh_trainer
 
 
 def prepare_run(model: str | None, *, resume: str | None, log: str) -> None:

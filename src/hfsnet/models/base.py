@@ -89,3 +89,7 @@ class StagedClassifier(FeatureClassifier):
 
     def stage_channels(self) -> list[int]:
         return list(self.level_channels)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from hfsnet.data import DataSplits
 from hfsnet.errors import HfsnetError
 from hfsnet.models import FeatureClassifier, UnknownModelError, create_model
 
@@ -260,3 +261,10 @@ class CheckpointStore:
             except CheckpointError:
                 continue
         return None
+
+
+def data_meta(data: DataSplits) -> dict[str, Any]:
+    """What predict/evaluate need to feed new images the way the model was trained."""
+    return {"classes": data.classes, "mean": list(data.mean), "std": list(data.std),
+            "in_channels": data.in_channels, "image_size": list(data.image_size),
+            "data_digest": data.digest, "data_name": data.name}

@@ -1,10 +1,9 @@
-"""The training loop: one epoch at a time, a checkpoint after each, metrics as JSON lines."""
+"""The Trainer: one epoch at a time, a checkpoint after each, metrics as JSON lines. Building a
+run (model, data, seeding, fresh or resumed) is ``hfsnet.train.run``."""
 
 from __future__ import annotations
 
-import inspect
 import json
-import random
 import signal
 import time
 from collections.abc import Callable
@@ -12,22 +11,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from hfsnet.data import AugmentConfig, BatchLoader, DataSplits, load_dataset
+from hfsnet.data import AugmentConfig, BatchLoader, DataSplits
 from hfsnet.errors import HfsnetError
-from hfsnet.models import FeatureClassifier, create_model
-from hfsnet.train.checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from hfsnet.models import FeatureClassifier
+from hfsnet.models.base import count_params
+from hfsnet.train.checkpoint import Checkpoint, CheckpointStore, data_meta
 from hfsnet.train.config import ConfigError, TrainConfig
 from hfsnet.train.distributed import convert_sync_batchnorm, init_distributed
 from hfsnet.train.ema import Lookahead, WeightAverage
 from hfsnet.train.evaluate import EvalResult, evaluate
-from hfsnet.train.optim import ParamGroup, build_optimizer, set_lr_factor
+from hfsnet.train.optim import ParamGroup, build_optimizer, fused, set_lr_factor
 from hfsnet.train.progress import Progress
-from hfsnet.train.runtime import autocast, resolve_device, seed_everything
+from hfsnet.train.runtime import autocast, resolve_device, rng_state, set_rng_state
 from hfsnet.train.schedule import lr_factor
 from hfsnet.train.signals import GracefulStop
 from hfsnet.train.tta import FlipAverage
@@ -46,48 +45,6 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def data_meta(data: DataSplits) -> dict[str, Any]:
-    """What predict/evaluate need to feed new images the way the model was trained."""
-    return {"classes": data.classes, "mean": list(data.mean), "std": list(data.std),
-            "in_channels": data.in_channels, "image_size": list(data.image_size),
-            "data_digest": data.digest, "data_name": data.name}
-
-
-def build_model(config: TrainConfig, data: DataSplits) -> FeatureClassifier:
-    options = {"image_size": data.image_size[0], **config.model_options}
-    return create_model(config.model, num_classes=data.num_classes,
-                        in_channels=data.in_channels, **options)
-
-
-def load_data(config: TrainConfig) -> DataSplits:
-    """The run's dataset. Under torchrun rank 0 decodes (and caches) first, so the other ranks
-    read the cache instead of decoding the same images concurrently."""
-    ctx = init_distributed(resolve_device(config.device).type)
-    if not ctx.is_main:
-        ctx.barrier()
-    data = load_dataset(config.data, val_split=config.val_split, limit_train=config.limit_train,
-                        seed=config.seed, image_size=config.image_size,
-                        skip_bad=config.skip_bad)
-    if ctx.is_main:
-        ctx.barrier()
-    return data
-
-
-def fused(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """The same optimizer, groups and hyperparameters, running its fused kernel: one pass over
-    all parameters per step instead of ~10 small ops per tensor. On CPU PyTorch otherwise picks
-    the per-tensor loop (Adam on seed-cnn, batch 32: 8% of the step time)."""
-    groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")}
-              for g in optimizer.param_groups]
-    accepted = set(inspect.signature(type(optimizer)).parameters) - {"fused", "foreach"}
-    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
-    return type(optimizer)(groups, **defaults, fused=True)
 
 
 StepHook = Callable[[int, float], None]
@@ -122,28 +79,6 @@ class EpochTally:
     seen: int = 0
     seconds: float = 0.0
     skipped: int = 0  # steps dropped for non-finite values under the ``skip`` policy
-
-
-def _rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Python/numpy states as JSON, torch's as tensors: dropout masks continue exactly."""
-    np_state = np.random.get_state()
-    plain = {"python": json.loads(json.dumps(random.getstate())),
-             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors.update({f"rng.cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    return plain, tensors
-
-
-def _set_rng_state(plain: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    version, internal, gauss = plain["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = plain["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(tensors["extra.rng.torch"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("extra.rng.cuda")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
 
 
 class Trainer:
@@ -316,7 +251,7 @@ class Trainer:
         if bad:
             raise NonFiniteError(f"non-finite values in {bad[:3]} at step {self.global_step}; "
                                  f"not saved, {self.store.latest} keeps the last good model")
-        rng_plain, rng_tensors = _rng_state()
+        rng_plain, rng_tensors = rng_state()
         if self.average is not None:
             rng_tensors.update({f"ema.{k}": v for k, v in self.average.state_tensors().items()})
         if self.lookahead is not None:
@@ -336,7 +271,7 @@ class Trainer:
         self.epoch = ckpt.meta["epoch"]
         self.tally = EpochTally(**ckpt.meta["tally"])
         self.history = list(ckpt.meta["history"])
-        _set_rng_state(ckpt.meta["rng"], ckpt.tensors)
+        set_rng_state(ckpt.meta["rng"], ckpt.tensors)
         if self.average is not None:
             self.average.load_state_tensors(ckpt.section("extra.ema"))
         if self.lookahead is not None:
@@ -393,51 +328,3 @@ class Trainer:
         if self.dist.is_main:
             (self.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
         return result
-
-
-def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train ``config.model`` on ``config.data`` (or ``data``); save the run to ``out_dir``."""
-    return fresh_trainer(config, out_dir, data=data, progress=progress).fit()
-
-
-def fresh_trainer(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None = None,
-                  progress: bool = True) -> Trainer:
-    """A seeded Trainer for a new run of ``config``, ready to ``fit``."""
-    config.validate()
-    _prepare(config)
-    data = data if data is not None else load_data(config)
-    return Trainer(config, Path(out_dir), data, build_model(config, data), progress=progress)
-
-
-def _prepare(config: TrainConfig) -> None:
-    seed_everything(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def resume(run_dir: str | Path, *, data: DataSplits | None = None,
-           progress: bool = True) -> TrainResult:
-    """Continue the run in ``run_dir`` from its newest valid checkpoint, with its own config."""
-    return resume_trainer(run_dir, data=data, progress=progress).fit()
-
-
-def resume_trainer(run_dir: str | Path, *, data: DataSplits | None = None,
-                   progress: bool = True) -> Trainer:
-    """The Trainer of ``run_dir``, restored to its newest valid checkpoint, ready to ``fit``."""
-    store = CheckpointStore(Path(run_dir))
-    store.clean_temporaries()
-    ckpt = store.newest_valid()
-    if ckpt is None:
-        raise CheckpointError(f"--resume: no valid checkpoint in {run_dir}")
-    config = TrainConfig.from_dict(ckpt.meta["config"])
-    _prepare(config)
-    data = data if data is not None else load_data(config)
-    if data.digest != ckpt.meta["data_digest"]:
-        raise CheckpointError(f"--resume: the data of {config.data!r} changed since "
-                              f"{ckpt.path} was saved (content digest differs)")
-    trainer = Trainer(config, Path(run_dir), data, build_model(config, data), progress=progress)
-    trainer.restore(ckpt)
-    return trainer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -65,3 +66,14 @@ def build_optimizer(
 def set_lr_factor(optimizer: torch.optim.Optimizer, factor: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
+
+
+def fused(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The same optimizer, groups and hyperparameters, running its fused kernel: one pass over
+    all parameters per step instead of ~10 small ops per tensor. On CPU PyTorch otherwise picks
+    the per-tensor loop (Adam on seed-cnn, batch 32: 8% of the step time)."""
+    groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")}
+              for g in optimizer.param_groups]
+    accepted = set(inspect.signature(type(optimizer)).parameters) - {"fused", "foreach"}
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    return type(optimizer)(groups, **defaults, fused=True)

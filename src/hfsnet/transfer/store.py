@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from hfsnet.cache.errors import CacheError
+from hfsnet.transfer.errors import CacheError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

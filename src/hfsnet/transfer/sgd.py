@@ -10,13 +10,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hfsnet.cache.errors import CacheError
-from hfsnet.cache.head import LevelHead, fold_standardization
-from hfsnet.cache.stats import column_stats
-from hfsnet.cache.threads import single_thread
 from hfsnet.train.config import OPTIMIZERS, SCHEDULES
 from hfsnet.train.optim import ParamGroup, build_optimizer, set_lr_factor
 from hfsnet.train.schedule import lr_factor
+from hfsnet.transfer.errors import CacheError
+from hfsnet.transfer.head import LevelHead, fold_standardization
+from hfsnet.transfer.stats import column_stats
+from hfsnet.transfer.threads import single_thread
 
 
 @dataclass

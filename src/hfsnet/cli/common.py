@@ -1,13 +1,10 @@
-"""Pieces every `hfsnet` subcommand shares: common flags, JSON output, the --data default."""
+"""Pieces every `hfsnet` subcommand shares: common flags, JSON output, KEY=VALUE options."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
-
-from hfsnet.data import DataError
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -39,14 +36,6 @@ def emit(args: argparse.Namespace, payload: dict[str, Any]) -> None:
     """Print ``payload`` as the last stdout line when --json was given."""
     if args.json:
         print(json.dumps(payload))
-
-
-def data_spec(value: str | None) -> str:
-    """--data, else $HFSNET_DATA, else a clear error."""
-    spec = value or os.environ.get("HFSNET_DATA")
-    if not spec:
-        raise DataError("--data: no dataset given (pass --data SPEC or set HFSNET_DATA)")
-    return spec
 
 
 def parse_option(text: str) -> tuple[str, Any]:

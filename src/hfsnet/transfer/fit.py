@@ -12,21 +12,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from hfsnet.cache.errors import CacheError
-from hfsnet.cache.extract import CacheResult, CacheSpec, get_cache, read_layout
-from hfsnet.cache.head import LevelHead, install_head
-from hfsnet.cache.levels import check_pool, parse_levels
-from hfsnet.cache.ridge import ALPHAS, fit_ridge
-from hfsnet.cache.sgd import SgdOptions, fit_sgd
-from hfsnet.cache.source import Source, for_trunk
-from hfsnet.cache.stats import CHUNK
-from hfsnet.cache.store import MANIFEST, FeatureCache
 from hfsnet.data import DataSplits
 from hfsnet.models import FeatureClassifier
-from hfsnet.train.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from hfsnet.models.base import count_params
+from hfsnet.train.checkpoint import CHECKPOINT_NAME, data_meta, save_checkpoint
 from hfsnet.train.evaluate import EvalResult, summarize
-from hfsnet.train.loop import count_params, data_meta
 from hfsnet.train.runtime import resolve_device
+from hfsnet.transfer.errors import CacheError
+from hfsnet.transfer.extract import CacheResult, CacheSpec, get_cache, read_layout
+from hfsnet.transfer.head import LevelHead, install_head
+from hfsnet.transfer.levels import check_pool, parse_levels
+from hfsnet.transfer.ridge import ALPHAS, fit_ridge
+from hfsnet.transfer.sgd import SgdOptions, fit_sgd
+from hfsnet.transfer.source import Source, for_trunk
+from hfsnet.transfer.stats import CHUNK
+from hfsnet.transfer.store import MANIFEST, FeatureCache
 
 METHODS = ("ridge", "sgd")
 
@@ -138,7 +138,7 @@ def fit_cached_head(cache: FeatureCache, stage_channels: Sequence[int],
 
 def fit_head(source: Source, data: DataSplits, out_dir: Path, cache_path: Path,
              options: HeadOptions) -> HeadFit:
-    """Fit a head for ``data`` (prepared by :func:`hfsnet.cache.source.for_trunk`) on the cache
+    """Fit a head for ``data`` (prepared by :func:`hfsnet.transfer.source.for_trunk`) on the cache
     of ``source``'s trunk; save trunk + head to ``out_dir`` as a complete checkpoint."""
     options.validate()
     data = for_trunk(source, data)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from hfsnet.cache.errors import CacheError
-from hfsnet.cache.ridge import fit_ridge, holdout_mask
+from hfsnet.transfer.errors import CacheError
+from hfsnet.transfer.ridge import fit_ridge, holdout_mask
 
 
 def problem(n=240, d=6, k=3, seed=0):

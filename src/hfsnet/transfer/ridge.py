@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hfsnet.cache.errors import CacheError
-from hfsnet.cache.stats import CHUNK, safe_std
-from hfsnet.cache.threads import single_thread
+from hfsnet.transfer.errors import CacheError
+from hfsnet.transfer.stats import CHUNK, safe_std
+from hfsnet.transfer.threads import single_thread
 
 ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))
 TEMPERATURES = tuple(float(t) for t in np.logspace(-1, 3, 81))  # 12% steps

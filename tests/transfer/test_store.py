@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-import hfsnet.cache.extract as extract_module
-from hfsnet.cache.errors import CacheError
-from hfsnet.cache.extract import CacheSpec, get_cache
-from hfsnet.cache.levels import pool_levels
+import hfsnet.transfer.extract as extract_module
 from hfsnet.data import DataSplits, ImageSet, normalize
 from hfsnet.models import create_model
+from hfsnet.transfer.errors import CacheError
+from hfsnet.transfer.extract import CacheSpec, get_cache
+from hfsnet.transfer.levels import pool_levels
 
 CLASSES = ["a", "b", "c"]
 

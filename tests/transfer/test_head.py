@@ -1,17 +1,17 @@
 import pytest
 import torch
 
-from hfsnet.cache.errors import CacheError
-from hfsnet.cache.head import (
+from hfsnet.models import create_model
+from hfsnet.train.checkpoint import load_checkpoint, save_checkpoint
+from hfsnet.transfer.errors import CacheError
+from hfsnet.transfer.head import (
     LEVEL_HEAD_MODEL,
     LevelHead,
     fold_standardization,
     install_head,
     trunk_spec,
 )
-from hfsnet.cache.levels import parse_levels, pool_levels
-from hfsnet.models import create_model
-from hfsnet.train.checkpoint import load_checkpoint, save_checkpoint
+from hfsnet.transfer.levels import parse_levels, pool_levels
 
 SMALL = {"stages": [1, 1], "growth": 4, "stem": 8}
 META = {"classes": ["a", "b", "c"], "in_channels": 3, "image_size": [16, 16],

@@ -13,7 +13,8 @@ from hfsnet.analysis.memory import StepSpec, measure_peak_memory
 from hfsnet.analysis.report import REPORT_HTML, write_report
 from hfsnet.analysis.summary import SummaryError, parse_input_shape, summarize
 from hfsnet.analysis.summary_table import render_summary
-from hfsnet.cliutil import add_common, data_spec, emit, parse_option
+from hfsnet.cli.common import add_common, emit, parse_option
+from hfsnet.data import data_spec
 from hfsnet.models import create_model
 from hfsnet.train.config import DEVICES, OPTIMIZERS, PRECISIONS, RECIPES
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from hfsnet.cache.errors import CacheError
+from hfsnet.transfer.errors import CacheError
 
 POOL_SIDES = {"gap": 1, "2x2": 2}  # output side of the adaptive average pool, in cells
 POOLS = tuple(POOL_SIDES)

@@ -13,9 +13,6 @@ from typing import Any
 
 from torch import nn
 
-from hfsnet.cache.fit import HeadOptions, cache_for, fit_cached_head
-from hfsnet.cache.head import install_head
-from hfsnet.cache.source import Source, for_trunk
 from hfsnet.data import DataSplits
 from hfsnet.errors import HfsnetError
 from hfsnet.models import FeatureClassifier
@@ -23,6 +20,9 @@ from hfsnet.train.config import ConfigError, TrainConfig
 from hfsnet.train.loop import Trainer, TrainResult
 from hfsnet.train.optim import ParamGroup
 from hfsnet.train.runtime import seed_everything
+from hfsnet.transfer.fit import HeadOptions, cache_for, fit_cached_head
+from hfsnet.transfer.head import install_head
+from hfsnet.transfer.source import Source, for_trunk
 
 TRUNK_LR_RATIO = 0.2  # the seed's fine-tuning rate: 0.2 x the head's
 UNFREEZE = ("all", "gradual")

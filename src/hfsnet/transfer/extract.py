@@ -15,10 +15,14 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
-from hfsnet.cache.errors import CacheError
-from hfsnet.cache.head import trunk_spec
-from hfsnet.cache.levels import level_widths, pool_levels
-from hfsnet.cache.store import (
+from hfsnet.data import BatchLoader, DataSplits, ImageSet
+from hfsnet.models import FeatureClassifier
+from hfsnet.train.distributed import DistContext, init_distributed
+from hfsnet.train.runtime import autocast
+from hfsnet.transfer.errors import CacheError
+from hfsnet.transfer.head import trunk_spec
+from hfsnet.transfer.levels import level_widths, pool_levels
+from hfsnet.transfer.store import (
     MANIFEST,
     SPLITS,
     CacheKey,
@@ -27,10 +31,6 @@ from hfsnet.cache.store import (
     check_key,
     open_cache,
 )
-from hfsnet.data import BatchLoader, DataSplits, ImageSet
-from hfsnet.models import FeatureClassifier
-from hfsnet.train.distributed import DistContext, init_distributed
-from hfsnet.train.runtime import autocast
 
 FEATURE_DTYPE = "float16"  # halves the cache; descriptors are pooled activations of size ~1
 

@@ -1,22 +1,18 @@
-"""`hfsnet <command>`: train, evaluate, predict, models. ``main(argv)`` returns the exit code."""
+"""`hfsnet train`, `evaluate`, `predict` and `models`."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-import traceback
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hfsnet.cliutil import add_common, add_threads, data_spec, emit, parse_option
-from hfsnet.data import DataError, load_dataset, normalize, read_image_file
-from hfsnet.errors import HfsnetError
+from hfsnet.cli.common import add_common, add_threads, emit, parse_option
+from hfsnet.data import DataError, data_spec, load_dataset, normalize, read_image_file
 from hfsnet.interop.tblog import LOG_KINDS
-from hfsnet.interop.training import layer_names, prepare_run, train_config, train_with_log
+from hfsnet.interop.training import prepare_run, train_config, train_with_log
 from hfsnet.interop.user_models import model_from_checkpoint
 from hfsnet.models import list_models
 from hfsnet.train import TrainingInterrupted, TrainResult, resume
@@ -29,17 +25,15 @@ from hfsnet.train.config import (
     RECIPES,
     SCHEDULES,
 )
-from hfsnet.train.distributed import close_distributed, launch_torchrun
+from hfsnet.train.distributed import launch_torchrun
 from hfsnet.train.evaluate import evaluate
 from hfsnet.train.runtime import resolve_device
 from hfsnet.train.tta import FlipAverage
 
-EXIT_USAGE = 2  # bad input of any kind: argparse's convention
 
-# Subcommands that live beside the package they drive; each module defines
-# ``add_commands(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("hfsnet.interop.commands", "hfsnet.analysis.commands",
-                                    "hfsnet.cache.commands")
+def layer_names(text: str) -> list[str]:
+    """``--share-layers a,b,c`` as a list of names."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -240,9 +234,8 @@ def _train_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hfsnet", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_commands(sub: Any) -> None:
+    """train, evaluate, predict, models."""
     _train_parser(sub)
 
     p = sub.add_parser("evaluate", help="test loss, accuracy, per-class accuracy, confusion")
@@ -275,28 +268,5 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registered models")
     add_common(p)
     p.set_defaults(func=cmd_models)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_commands(sub)
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-    func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        code = func(args)
-        close_distributed()
-        return code
-    except HfsnetError as err:
-        if args.debug:
-            traceback.print_exc()
-        print(f"hfsnet: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,20 +3,20 @@ import json
 import pytest
 import torch
 
-from hfsnet.cache.head import LEVEL_HEAD_MODEL
-from hfsnet.cache.source import load_source, load_target
 from hfsnet.cli import main
 from hfsnet.models import create_model
 from hfsnet.train import resolve_config
 from hfsnet.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from hfsnet.train.config import ConfigError
-from hfsnet.train.finetune import (
+from hfsnet.transfer.finetune import (
     FinetuneOptions,
     FreezeSchedule,
     build_finetuner,
     finetune,
     stage_modules,
 )
+from hfsnet.transfer.head import LEVEL_HEAD_MODEL
+from hfsnet.transfer.source import load_source, load_target
 
 NEW = ("a", "b", "c", "d")
 

@@ -7,16 +7,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hfsnet.cache.fit import METHODS, HeadOptions, cache_for, fit_head
-from hfsnet.cache.levels import POOLS
-from hfsnet.cache.sgd import SgdOptions
-from hfsnet.cache.source import Source, for_trunk, load_source
-from hfsnet.cache.subsets import few_shot, select_classes
-from hfsnet.cliutil import add_common, add_threads, data_spec, emit
-from hfsnet.data import DataError, DataSplits, load_dataset
+from hfsnet.cli.common import add_common, add_threads, emit
+from hfsnet.data import DataError, DataSplits, data_spec, load_dataset
 from hfsnet.train.config import DEVICES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES, resolve_config
 from hfsnet.train.distributed import launch_torchrun
-from hfsnet.train.finetune import HEAD_INITS, UNFREEZE, FinetuneOptions, finetune
+from hfsnet.transfer.finetune import HEAD_INITS, UNFREEZE, FinetuneOptions, finetune
+from hfsnet.transfer.fit import METHODS, HeadOptions, cache_for, fit_head
+from hfsnet.transfer.levels import POOLS
+from hfsnet.transfer.sgd import SgdOptions
+from hfsnet.transfer.source import Source, for_trunk, load_source
+from hfsnet.transfer.subsets import few_shot, select_classes
 
 
 def _out(args: argparse.Namespace) -> Any:

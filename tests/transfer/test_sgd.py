@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from hfsnet.cache.errors import CacheError
-from hfsnet.cache.head import LevelHead
-from hfsnet.cache.sgd import SgdOptions, fit_sgd
+from hfsnet.transfer.errors import CacheError
+from hfsnet.transfer.head import LevelHead
+from hfsnet.transfer.sgd import SgdOptions, fit_sgd
 
 
 def blobs(n=300, d=8, seed=0):

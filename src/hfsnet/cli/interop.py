@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from hfsnet.cliutil import add_common, emit, parse_option
+from hfsnet.cli.common import add_common, emit, parse_option
 from hfsnet.errors import HfsnetError
 from hfsnet.interop.export import FORMATS, INPUT_KINDS, export_model
 from hfsnet.interop.runs import COLUMNS, find_runs, format_table, sort_runs

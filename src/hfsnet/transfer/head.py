@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from hfsnet.cache.errors import CacheError
-from hfsnet.cache.levels import level_widths, pool_levels
 from hfsnet.models import FeatureClassifier, create_model
 from hfsnet.models.registry import register
+from hfsnet.transfer.errors import CacheError
+from hfsnet.transfer.levels import level_widths, pool_levels
 
 LEVEL_HEAD_MODEL = "level-head"
 

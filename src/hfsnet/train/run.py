@@ -1,0 +1,84 @@
+"""Run assembly: the model and data a config names, seeding and threads, fresh or resumed
+Trainers, and the one-call ``train``/``resume``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from hfsnet.data import DataSplits, load_dataset
+from hfsnet.models import FeatureClassifier, create_model
+from hfsnet.train.checkpoint import CheckpointError, CheckpointStore
+from hfsnet.train.config import TrainConfig
+from hfsnet.train.distributed import init_distributed
+from hfsnet.train.loop import Trainer, TrainResult
+from hfsnet.train.runtime import resolve_device, seed_everything
+
+
+def build_model(config: TrainConfig, data: DataSplits) -> FeatureClassifier:
+    options = {"image_size": data.image_size[0], **config.model_options}
+    return create_model(config.model, num_classes=data.num_classes,
+                        in_channels=data.in_channels, **options)
+
+
+def load_data(config: TrainConfig) -> DataSplits:
+    """The run's dataset. Under torchrun rank 0 decodes (and caches) first, so the other ranks
+    read the cache instead of decoding the same images concurrently."""
+    ctx = init_distributed(resolve_device(config.device).type)
+    if not ctx.is_main:
+        ctx.barrier()
+    data = load_dataset(config.data, val_split=config.val_split, limit_train=config.limit_train,
+                        seed=config.seed, image_size=config.image_size,
+                        skip_bad=config.skip_bad)
+    if ctx.is_main:
+        ctx.barrier()
+    return data
+
+
+def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train ``config.model`` on ``config.data`` (or ``data``); save the run to ``out_dir``."""
+    return fresh_trainer(config, out_dir, data=data, progress=progress).fit()
+
+
+def fresh_trainer(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None = None,
+                  progress: bool = True) -> Trainer:
+    """A seeded Trainer for a new run of ``config``, ready to ``fit``."""
+    config.validate()
+    _prepare(config)
+    data = data if data is not None else load_data(config)
+    return Trainer(config, Path(out_dir), data, build_model(config, data), progress=progress)
+
+
+def _prepare(config: TrainConfig) -> None:
+    seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resume(run_dir: str | Path, *, data: DataSplits | None = None,
+           progress: bool = True) -> TrainResult:
+    """Continue the run in ``run_dir`` from its newest valid checkpoint, with its own config."""
+    return resume_trainer(run_dir, data=data, progress=progress).fit()
+
+
+def resume_trainer(run_dir: str | Path, *, data: DataSplits | None = None,
+                   progress: bool = True) -> Trainer:
+    """The Trainer of ``run_dir``, restored to its newest valid checkpoint, ready to ``fit``."""
+    store = CheckpointStore(Path(run_dir))
+    store.clean_temporaries()
+    ckpt = store.newest_valid()
+    if ckpt is None:
+        raise CheckpointError(f"--resume: no valid checkpoint in {run_dir}")
+    config = TrainConfig.from_dict(ckpt.meta["config"])
+    _prepare(config)
+    data = data if data is not None else load_data(config)
+    if data.digest != ckpt.meta["data_digest"]:
+        raise CheckpointError(f"--resume: the data of {config.data!r} changed since "
+                              f"{ckpt.path} was saved (content digest differs)")
+    trainer = Trainer(config, Path(run_dir), data, build_model(config, data), progress=progress)
+    trainer.restore(ckpt)
+    return trainer
