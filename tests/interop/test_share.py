@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hfsnet import share
-from hfsnet.interop.share import ShareError, tappable_layers
 from hfsnet.models import FeatureClassifier
+from hfsnet.models.share import ShareError, tappable_layers
 
 
 def test_tappable_layers_lists_maps_and_vectors_with_shapes(usernets):
@@ -169,3 +169,26 @@ def test_a_layer_no_dry_run_reached_stays_trainable(usernets):
     model = share(net, layers=["common"])
     assert model.frozen == ["deep.weight", "deep.bias"]
     assert net.rare.weight.requires_grad  # another input may take that branch
+
+
+def test_stages_are_the_modules_up_to_each_tap(usernets):
+    net = usernets.TinyResNet()
+    model = share(net, layers=["layer1", "layer2.conv1"])
+    first, second = model.stage_modules()
+    named = {id(m): name for name, m in net.named_modules()}
+    assert [named[id(m)] for m in first] == ["stem.0", "stem.1", "layer1.conv1", "layer1.bn1",
+                                            "layer1.relu", "layer1.conv2", "layer1.bn2"]
+    assert [named[id(m)] for m in second] == ["layer2.conv1"]
+    ids = [id(p) for stage in (first, second) for m in stage for p in m.parameters()]
+    frozen = {id(p) for n, p in net.named_parameters() if n in model.frozen}
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in model.trunk_parameters()} - frozen
+
+
+def test_tensors_a_module_holds_beside_its_children_join_the_stage_it_starts(usernets):
+    net = usernets.TinyResNet()
+    net.offset = nn.Parameter(torch.zeros(1))  # the root's own; the root starts first
+    model = share(net, layers=["layer1", "layer2"])
+    first, _ = model.stage_modules()
+    holders = [m for m in first if any(p is net.offset for p in m.parameters(recurse=False))]
+    assert len(holders) == 1 and list(holders[0].parameters()) == [net.offset]

@@ -5,9 +5,9 @@ import torch
 
 from hfsnet.cli import main
 from hfsnet.data import load_dataset, normalize
-from hfsnet.interop.share import SharedClassifier
 from hfsnet.interop.user_models import model_from_checkpoint, register_user_model
 from hfsnet.models import create_model
+from hfsnet.models.share import SharedClassifier
 from hfsnet.train.checkpoint import CheckpointError, load_checkpoint
 
 RESNET = "hfsnet_test_usernets:tiny_resnet"

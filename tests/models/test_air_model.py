@@ -100,11 +100,11 @@ def test_without_sharing_and_fusion_it_is_airbench_plain_net():
 def test_sharing_without_fusion_reads_the_last_stage_only():
     model = create_model("hfs-air", widths=(8, 16, 16), fuse=False)
     assert all(block.phi is not None for block in model.blocks)
-    assert model.num_features == 16 and model.head.levels == [2]
+    assert model.num_features == 16 and model.head.levels == [3]
 
 
 def test_plain_presets_are_the_hfs_presets_without_sharing():
     plain, shared = create_model("air-plain-s"), create_model("hfs-air-s")
     assert plain.stage_channels() == shared.stage_channels() == [32, 128, 128]
-    assert all(b.phi is None for b in plain.blocks) and plain.head.levels == [2]
+    assert all(b.phi is None for b in plain.blocks) and plain.head.levels == [3]
     assert plain.num_features == 128 and shared.num_features == 288

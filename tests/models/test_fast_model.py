@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from hfsnet.models import create_model
+from hfsnet.models import ModelOptionError, create_model
 from hfsnet.models.layers import WhiteningStem
 
 
@@ -51,9 +51,10 @@ def test_activation_changes_no_parameter_count(act):
 
 
 def test_unknown_activation_and_whiten_with_a_conv_stem_are_refused():
-    with pytest.raises(ValueError, match="activation must be one of"):
+    with pytest.raises(ModelOptionError, match="option 'activation': expected one of relu, "
+                                               "silu, gelu, got 'tanh'"):
         create_model("hfs", stages=(1,), growth=4, stem=8, activation="tanh")
-    with pytest.raises(ValueError, match="stem=0"):
+    with pytest.raises(ModelOptionError, match="pass stem=0"):
         create_model("hfs", stages=(1,), growth=4, stem=8, whiten=True)
 
 

@@ -2,16 +2,12 @@ import pytest
 import torch
 
 from hfsnet.models import create_model
+from hfsnet.models.head import LevelHead
+from hfsnet.models.level_head import LEVEL_HEAD_MODEL, install_head, trunk_spec
 from hfsnet.train.checkpoint import load_checkpoint, save_checkpoint
 from hfsnet.transfer.errors import CacheError
-from hfsnet.transfer.head import (
-    LEVEL_HEAD_MODEL,
-    LevelHead,
-    fold_standardization,
-    install_head,
-    trunk_spec,
-)
-from hfsnet.transfer.levels import parse_levels, pool_levels
+from hfsnet.transfer.head import fold_standardization
+from hfsnet.transfer.levels import check_pool, parse_levels
 
 SMALL = {"stages": [1, 1], "growth": 4, "stem": 8}
 META = {"classes": ["a", "b", "c"], "in_channels": 3, "image_size": [16, 16],
@@ -29,16 +25,15 @@ def test_bad_levels_name_the_flag(text, message):
         parse_levels(text, 3)
 
 
-def test_2x2_pooling_is_channel_major_quadrant_means():
-    stage = torch.arange(2 * 4 * 4, dtype=torch.float32).view(1, 2, 4, 4)
-    pooled = pool_levels([stage], [1], "2x2")
-    # channel 0 holds 0..15 row-major: top-left quadrant {0, 1, 4, 5} averages 2.5
-    assert pooled.tolist() == [[2.5, 4.5, 10.5, 12.5, 18.5, 20.5, 26.5, 28.5]]
+def test_pool_flag_takes_the_heads_pools():
+    assert [check_pool(p) for p in ("gap", "max", "2x2")] == ["gap", "max", "2x2"]
+    with pytest.raises(CacheError, match="--pool: expected one of gap, max, 2x2, got 'avg'"):
+        check_pool("avg")
 
 
 def test_gap_over_all_levels_is_the_fusion_head():
     torch.manual_seed(0)
-    model = create_model("hfs", num_classes=3, fusion=True, hidden=0, **SMALL).eval()
+    model = create_model("hfs", num_classes=3, fuse=True, hidden=0, **SMALL).eval()
     head = LevelHead(model.stage_channels(), [1, 2], "gap", 3)
     head.classifier.load_state_dict(model.head.classifier.state_dict())
     x = torch.randn(2, 3, 16, 16)

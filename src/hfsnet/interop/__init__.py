@@ -1,6 +1,6 @@
 """Meeting users where they are: any network shared (``share``), config files, ONNX and
 TorchScript export, TensorBoard logs and run listings."""
 
-from hfsnet.interop.share import SharedClassifier, ShareError, share, tappable_layers
+from hfsnet.models.share import SharedClassifier, ShareError, share, tappable_layers
 
 __all__ = ["ShareError", "SharedClassifier", "share", "tappable_layers"]

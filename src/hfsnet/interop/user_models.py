@@ -11,15 +11,24 @@ import functools
 import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
 
 from torch import nn
 
 from hfsnet.errors import HfsnetError
-from hfsnet.interop.share import share
-from hfsnet.models import FeatureClassifier, UnknownModelError, create_model, get_entry
-from hfsnet.models.registry import register_entry
+from hfsnet.models import (
+    FeatureClassifier,
+    ModelEntry,
+    ModelOptions,
+    UnknownModelError,
+    create_model,
+    get_entry,
+    register_entry,
+)
+from hfsnet.models.options import check_image_size, unknown_option
+from hfsnet.models.share import share
 from hfsnet.train.checkpoint import Checkpoint, CheckpointError
 
 DEFAULT_IMAGE_SIZE = 32  # px, when the caller gives none (CIFAR)
@@ -85,21 +94,53 @@ def build_backbone(spec: str, factory: Callable[..., Any], options: dict[str, An
     return backbone
 
 
-def _build_shared(spec: str, factory: Callable[..., Any], *, num_classes: int = 10,
-                  in_channels: int = 3, image_size: int | None = None,
-                  share_layers: str | Sequence[str] | None = None, share_fuse: str = "concat",
-                  share_pool: str = "gap", share_proj: int = 256, share_dropout: float = 0.0,
-                  **factory_options: Any) -> FeatureClassifier:
-    """The registry constructor of a user network: ``share_*`` options configure the sharing,
-    every other option goes to the factory."""
-    layers = _layer_list(share_layers)
+SHARE_PREFIX = "share_"
+
+
+@dataclass
+class SharedNetOptions(ModelOptions):
+    """A user network's options: ``share_*`` configure the sharing (see :func:`share`),
+    ``image_size`` the dry run's input side, and every other option goes to the factory (which
+    checks them itself). The network is the user's own, so its size is not bounded."""
+
+    bounded: ClassVar[bool] = False
+
+    share_layers: str | Sequence[str] | None = None
+    share_fuse: str = "concat"
+    share_pool: str = "gap"
+    share_proj: int = 256
+    share_dropout: float = 0.0
+    image_size: int | None = None
+    factory: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> Self:
+        """Split ``options`` into the sharing's and the factory's."""
+        own = [name for name in cls.names() if name != "factory"]
+        for key in options:
+            if key.startswith(SHARE_PREFIX) and key not in own:
+                raise unknown_option(key, own)
+        made = cls(**{k: v for k, v in options.items() if k in own},
+                   factory={k: v for k, v in options.items() if k not in own})
+        made.validate()
+        return made
+
+    def validate(self) -> None:
+        check_image_size(self.image_size)
+
+
+def _build_shared(spec: str, factory: Callable[..., Any], num_classes: int, in_channels: int,
+                  options: SharedNetOptions) -> FeatureClassifier:
+    """The registry constructor of a user network."""
+    layers = _layer_list(options.share_layers)
     if not layers:
         raise UserModelError(f"--share-layers: model {spec} needs layers to tap; list them "
                              f"with `hfsnet layers {spec}`")
-    backbone = build_backbone(spec, factory, factory_options)
-    side = image_size or DEFAULT_IMAGE_SIZE
-    return share(backbone, layers, fuse=share_fuse, pool=share_pool, num_classes=num_classes,
-                 input_shape=(in_channels, side, side), proj=share_proj, dropout=share_dropout)
+    backbone = build_backbone(spec, factory, options.factory)
+    side = options.image_size or DEFAULT_IMAGE_SIZE
+    return share(backbone, layers, fuse=options.share_fuse, pool=options.share_pool,
+                 num_classes=num_classes, input_shape=(in_channels, side, side),
+                 proj=options.share_proj, dropout=options.share_dropout)
 
 
 def register_user_model(spec: str) -> None:
@@ -111,8 +152,9 @@ def register_user_model(spec: str) -> None:
     except UnknownModelError:
         pass
     factory = import_factory(spec)
-    register_entry(spec, functools.partial(_build_shared, spec, factory),
-                   f"user network {spec}, shared through hfsnet.share")
+    constructor = functools.partial(_build_shared, spec, factory)
+    register_entry(ModelEntry(spec, constructor, SharedNetOptions,
+                              f"user network {spec}, shared through hfsnet.share"))
 
 
 def load_weights(model: nn.Module, ckpt: Checkpoint) -> None:

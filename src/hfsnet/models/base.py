@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from hfsnet.models.options import ModelOptions
 
 
 class FeatureClassifier(nn.Module):
@@ -66,6 +70,12 @@ class FeatureClassifier(nn.Module):
         """Channels of each level :meth:`forward_features` returns."""
         raise NotImplementedError
 
+    def stage_modules(self) -> list[list[nn.Module]]:
+        """The trunk's modules per stage, shallowest first: together they hold every trainable
+        trunk parameter once and none of the head's. Modules before the first stage (a stem)
+        count as part of it."""
+        raise NotImplementedError
+
 
 class StagedClassifier(FeatureClassifier):
     """A stem (or none) and a list of blocks; every block's output is one level.
@@ -90,6 +100,28 @@ class StagedClassifier(FeatureClassifier):
     def stage_channels(self) -> list[int]:
         return list(self.level_channels)
 
+    def stage_modules(self) -> list[list[nn.Module]]:
+        stages: list[list[nn.Module]] = [[block] for block in self.blocks]
+        if self.stem is not None:
+            stages[0].insert(0, self.stem)
+        return stages
+
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+Constructor = Callable[[int, int, Any], FeatureClassifier]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: ``constructor(num_classes, in_channels, options)`` builds it from an
+    ``options`` instance; ``defaults`` are the options baked into this name (a preset), which
+    callers may override."""
+
+    name: str
+    constructor: Constructor
+    options: type[ModelOptions]
+    description: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)

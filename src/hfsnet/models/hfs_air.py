@@ -13,15 +13,27 @@ initialisation of the 3x3 convs, and logits scaled down by ``logit_scale``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hfsnet.models.base import StagedClassifier
-from hfsnet.models.layers import WhiteningStem
+from hfsnet.models.base import ModelEntry, StagedClassifier
+from hfsnet.models.head import LevelHead, fused_levels
+from hfsnet.models.layers import ACTIVATIONS, WhiteningStem
 from hfsnet.models.layers import activation as act_layer
-from hfsnet.models.registry import register
+from hfsnet.models.options import (
+    MAX_STAGES,
+    ModelOptions,
+    check_bool,
+    check_choice,
+    check_image_size,
+    check_ints,
+    check_positive,
+    is_number,
+    refuse,
+)
 
 
 class ConcatPointwise(nn.Conv2d):
@@ -90,59 +102,55 @@ class PooledDenseStage(nn.Module):
         return self.phi((a, self.second(a)))
 
 
-class MaxFusionHead(nn.Module):
-    """Global max pool of every stage (or of the last only, ``fuse=False``), concatenated, one
-    bias-free linear layer, scaled."""
+@dataclass
+class AirOptions(ModelOptions):
+    """``widths``: each stage's width. ``momentum``: PyTorch's BN momentum (airbench's 0.6 in
+    its convention is 0.4 here). ``logit_scale``: the head's output multiplier; with label
+    smoothing it sets how confident the net can get for a given weight norm. ``share=False``
+    drops phi (each stage outputs its second conv, as in airbench) and ``fuse=False`` makes the
+    head read the last stage only: with both off the net is airbench's, the ablation that
+    measures what feature sharing adds. ``image_size``: accepted like every model's options
+    (the net is fully convolutional).
+    """
 
-    def __init__(self, level_channels: Sequence[int], num_classes: int, scale: float, *,
-                 fuse: bool = True) -> None:
-        super().__init__()
-        last = len(level_channels) - 1
-        self.levels = list(range(last + 1)) if fuse else [last]
-        self.classifier = nn.Linear(sum(level_channels[i] for i in self.levels), num_classes,
-                                    bias=False)
-        self.scale = scale
+    widths: Sequence[int] = (64, 256, 256)
+    activation: str = "gelu"
+    momentum: float = 0.4
+    logit_scale: float = 1 / 9
+    share: bool = True
+    fuse: bool = True
+    image_size: int | None = None
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        pooled = torch.cat([features[i].amax((2, 3)) for i in self.levels], 1)
-        return self.classifier(pooled) * self.scale
+    def validate(self) -> None:
+        check_ints("widths", self.widths, max_length=MAX_STAGES)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        if not is_number(self.momentum) or not 0 <= self.momentum <= 1:
+            raise refuse("momentum", "a number in [0, 1]", self.momentum)
+        check_positive("logit_scale", self.logit_scale)
+        check_bool("share", self.share)
+        check_bool("fuse", self.fuse)
+        check_image_size(self.image_size)
 
 
 class AirHFSNet(StagedClassifier):
-    """Whitening stem, then one :class:`PooledDenseStage` per entry of ``widths``.
+    """Whitening stem, then one :class:`PooledDenseStage` per entry of ``widths``; the head
+    fuses the globally max-pooled stages with one bias-free linear layer, scaled. The options
+    are :class:`AirOptions`'."""
 
-    ``momentum``: PyTorch's BN momentum (airbench's 0.6 in its convention is 0.4 here).
-    ``logit_scale``: the head's output multiplier; with label smoothing it sets how confident
-    the net can get for a given weight norm.
-    ``share=False`` drops phi (each stage outputs its second conv, as in airbench) and
-    ``fuse=False`` makes the head read the last stage only: with both off the net is airbench's,
-    the ablation that measures what feature sharing adds.
-    """
-
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        *,
-        widths: Sequence[int] = (64, 256, 256),
-        activation: str = "gelu",
-        momentum: float = 0.4,
-        logit_scale: float = 1 / 9,
-        share: bool = True,
-        fuse: bool = True,
-        image_size: int | None = None,
-    ) -> None:
-        del image_size  # fully convolutional; accepted like every model's options
+    def __init__(self, num_classes: int = 10, in_channels: int = 3,
+                 options: AirOptions | None = None) -> None:
         super().__init__()
-        self.stem = WhiteningStem(in_channels, activation)
+        o = options or AirOptions()
+        self.stem = WhiteningStem(in_channels, o.activation)
         channels = self.stem.out_channels
         self.blocks = nn.ModuleList()
-        for width in widths:
-            self.blocks.append(PooledDenseStage(channels, width, act=activation,
-                                                momentum=momentum, share=share))
+        for width in o.widths:
+            self.blocks.append(PooledDenseStage(channels, width, act=o.activation,
+                                                momentum=o.momentum, share=o.share))
             channels = width
-        self.level_channels = list(widths)
-        self.head = MaxFusionHead(self.level_channels, num_classes, logit_scale, fuse=fuse)
+        self.level_channels = list(o.widths)
+        self.head = LevelHead(self.level_channels, fused_levels(len(o.widths), o.fuse), "max",
+                              num_classes, bias=False, scale=o.logit_scale)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -157,15 +165,20 @@ class AirHFSNet(StagedClassifier):
                 m.init_residual()
 
 
-register("hfs-air", "airbench-style pooled dense stages 64/256/256 (airbench94's widths), "
-         "fused head")(AirHFSNet)
-register("hfs-air-m", "hfs-air at widths 64/128/128 (airbench93's): --recipe fast-long",
-         widths=(64, 128, 128))(AirHFSNet)
-register("hfs-air-s", "hfs-air at widths 32/128/128: --recipe fast", widths=(32, 128, 128))(
-    AirHFSNet)
-# The same nets without feature sharing (airbench's plain layout): the baselines that
-# `hfsnet compare` sets the hfs-air presets against under the same recipe.
-register("air-plain-s", "hfs-air-s without phi or the fused head (airbench's plain net)",
-         widths=(32, 128, 128), share=False, fuse=False)(AirHFSNet)
-register("air-plain-m", "hfs-air-m without phi or the fused head (airbench's plain net)",
-         widths=(64, 128, 128), share=False, fuse=False)(AirHFSNet)
+ENTRIES = (
+    ModelEntry("hfs-air", AirHFSNet, AirOptions, "airbench-style pooled dense stages "
+               "64/256/256 (airbench94's widths), fused head"),
+    ModelEntry("hfs-air-m", AirHFSNet, AirOptions,
+               "hfs-air at widths 64/128/128 (airbench93's): --recipe fast-long",
+               {"widths": (64, 128, 128)}),
+    ModelEntry("hfs-air-s", AirHFSNet, AirOptions, "hfs-air at widths 32/128/128: --recipe fast",
+               {"widths": (32, 128, 128)}),
+    # The same nets without feature sharing (airbench's plain layout): the baselines that
+    # `hfsnet compare` sets the hfs-air presets against under the same recipe.
+    ModelEntry("air-plain-s", AirHFSNet, AirOptions,
+               "hfs-air-s without phi or the fused head (airbench's plain net)",
+               {"widths": (32, 128, 128), "share": False, "fuse": False}),
+    ModelEntry("air-plain-m", AirHFSNet, AirOptions,
+               "hfs-air-m without phi or the fused head (airbench's plain net)",
+               {"widths": (64, 128, 128), "share": False, "fuse": False}),
+)

@@ -1,4 +1,4 @@
-"""Building blocks shared by the model families: dense stages, the phi projection, heads."""
+"""Building blocks shared by the model families: dense stages, the phi projection, the stem."""
 
 from __future__ import annotations
 
@@ -154,40 +154,3 @@ class WhiteningStem(nn.Module):
             with torch.autocast(x.device.type, enabled=False):  # the eigensolve needs fp64
                 self.fit(x)
         return self.act(F.conv2d(x, self.weight.to(x.dtype)))
-
-
-def global_pool(features: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Global average pool of every level, concatenated: N x sum(C_i)."""
-    return torch.cat([F.adaptive_avg_pool2d(f, 1).flatten(1) for f in features], 1)
-
-
-class FusionHead(nn.Module):
-    """Multi-level fusion: pool every stage's output, concatenate, optional hidden layer, classify.
-
-    With ``fuse`` off it reads the last stage only (a plain classifier head, for ablations).
-    """
-
-    def __init__(
-        self,
-        level_channels: Sequence[int],
-        num_classes: int,
-        *,
-        fuse: bool = True,
-        hidden: int = 0,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.fuse = fuse
-        width = sum(level_channels) if fuse else level_channels[-1]
-        layers: list[nn.Module] = []
-        if hidden:
-            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
-            width = hidden
-        if dropout:
-            layers.append(nn.Dropout(dropout))
-        self.hidden = nn.Sequential(*layers)
-        self.classifier = nn.Linear(width, num_classes)
-
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        pooled = global_pool(features if self.fuse else features[-1:])
-        return self.classifier(self.hidden(pooled))

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from hfsnet.models.base import FeatureClassifier
-from hfsnet.models.registry import register
+from hfsnet.models.base import ModelEntry, StagedClassifier
+from hfsnet.models.options import (
+    ModelOptions,
+    check_fraction,
+    check_int,
+    check_ints,
+    refuse,
+)
+
+MIN_IMAGE_SIZE = 16  # px: the smallest side that leaves one pixel after both blocks
 
 
 def _block(in_ch: int, out_ch: int, dropout: float) -> nn.Sequential:
@@ -23,12 +32,33 @@ def _block(in_ch: int, out_ch: int, dropout: float) -> nn.Sequential:
     )
 
 
-def _side_after_blocks(side: int) -> int:
+def side_after_blocks(side: int) -> int:
     for _ in range(2):
         side = (side - 4) // 2  # two valid 3x3 convs (-2 px each), then a 2x2 pool
-    if side < 1:
-        raise ValueError("seed-cnn needs inputs of at least 12x12 pixels")
     return side
+
+
+@dataclass
+class SeedCNNOptions(ModelOptions):
+    """``image_size``: the input side (the flattening head depends on it). ``widths``: the two
+    blocks' widths. ``hidden``: the dense layer's width. Dropouts: after each block, in the
+    head."""
+
+    image_size: int = 32
+    widths: Sequence[int] = (32, 64)
+    hidden: int = 512
+    dropout: float = 0.25
+    head_dropout: float = 0.5
+
+    def validate(self) -> None:
+        check_int("image_size", self.image_size)
+        if side_after_blocks(self.image_size) < 1:
+            raise refuse("image_size", f"at least {MIN_IMAGE_SIZE} (each of seed-cnn's two "
+                         "blocks takes 4 px off a side, then halves it)", self.image_size)
+        check_ints("widths", self.widths, lengths=[2])
+        check_int("hidden", self.hidden)
+        check_fraction("dropout", self.dropout)
+        check_fraction("head_dropout", self.head_dropout)
 
 
 class FlattenHead(nn.Module):
@@ -45,38 +75,33 @@ class FlattenHead(nn.Module):
         return self.classifier(self.hidden(features[-1]))
 
 
-class SeedCNN(FeatureClassifier):
+class SeedCNN(StagedClassifier):
     """Conv32-Conv32-Pool-Drop, Conv64-Conv64-Pool-Drop, Dense512-Drop, Dense: 890,410 params
-    for 3x32x32 inputs and 10 classes (the count Keras reports for the seed's model)."""
+    for 3x32x32 inputs and 10 classes (the count Keras reports for the seed's model).
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        *,
-        image_size: int = 32,
-        widths: tuple[int, int] = (32, 64),
-        hidden: int = 512,
-        dropout: float = 0.25,
-        head_dropout: float = 0.5,
-    ) -> None:
+    The blocks live under ``stages`` (not ``blocks``), the name in every saved seed-cnn
+    checkpoint's weights; ``blocks`` reads them under the name the other families use.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3,
+                 options: SeedCNNOptions | None = None) -> None:
         super().__init__()
-        self.widths = tuple(widths)
+        o = options or SeedCNNOptions()
+        self.stem = None
+        self.level_channels = list(o.widths)
         self.stages = nn.ModuleList(
-            [_block(in_channels, widths[0], dropout), _block(widths[0], widths[1], dropout)]
+            [_block(in_channels, o.widths[0], o.dropout), _block(o.widths[0], o.widths[1],
+                                                                  o.dropout)]
         )
-        side = _side_after_blocks(image_size)
-        self.head = FlattenHead(widths[1] * side * side, hidden, num_classes, head_dropout)
+        side = side_after_blocks(o.image_size)
+        self.head = FlattenHead(o.widths[1] * side * side, o.hidden, num_classes, o.head_dropout)
 
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
-
-    def stage_channels(self) -> list[int]:
-        return list(self.widths)
+    @property
+    def blocks(self) -> nn.ModuleList:  # type: ignore[override]
+        return self.stages
 
 
-register("seed-cnn", "the seed's baseline Keras CNN (no sharing), 890k params at 3x32x32")(SeedCNN)
+ENTRIES = (
+    ModelEntry("seed-cnn", SeedCNN, SeedCNNOptions,
+               "the seed's baseline Keras CNN (no sharing), 890k params at 3x32x32"),
+)

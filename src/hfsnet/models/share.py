@@ -16,15 +16,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hfsnet.errors import HfsnetError
 from hfsnet.models.base import FeatureClassifier
-from hfsnet.models.layers import FusionHead, global_pool
+from hfsnet.models.head import LevelHead, fused_levels
 
 FUSES = ("concat", "last")
-POOLS = ("gap", "gmp")
+POOLS = {"gap": "gap", "gmp": "max"}  # share()'s names -> the head's
 DRY_RUN_BATCH = 2  # images in the dry forward pass that finds layer shapes
 
 
@@ -188,37 +187,65 @@ def _check_names(backbone: nn.Module, layers: Sequence[str], calls: Sequence[_Ca
                          f"{len(shapes)} tappable layers.")
 
 
-class SharedHead(FusionHead):
+def shared_head(level_channels: Sequence[int], num_classes: int, *, fuse: str = "concat",
+                pool: str = "gap", proj: int = 256, dropout: float = 0.0) -> LevelHead:
     """Pool every tap, concatenate (or take the last), phi, classifier.
 
-    phi is a Linear+ReLU on the concatenated pooled taps (FusionHead's hidden layer) rather than a
+    phi is a Linear+ReLU on the concatenated pooled taps (the head's hidden layer) rather than a
     1x1 conv per tap before pooling: average pooling commutes with a linear 1x1 conv, so that conv
     would equal a block-diagonal Linear on the pooled vector; the full Linear also mixes levels,
     costs no per-pixel compute, and makes the head a function of pooled features alone, so
     cached pooled features can train all of it.
     """
+    if fuse not in FUSES:
+        raise ShareError(f"fuse must be one of {FUSES}, got {fuse!r}")
+    if pool not in POOLS:
+        raise ShareError(f"pool must be one of {tuple(POOLS)}, got {pool!r}")
+    if proj < 0:
+        raise ShareError(f"proj (phi's width) must be >= 0, got {proj}")
+    levels = fused_levels(len(level_channels), fuse == "concat")
+    return LevelHead(level_channels, levels, POOLS[pool], num_classes, proj, dropout=dropout)
 
-    def __init__(self, level_channels: Sequence[int], num_classes: int, *, fuse: str = "concat",
-                 pool: str = "gap", proj: int = 256, dropout: float = 0.0) -> None:
-        if fuse not in FUSES:
-            raise ShareError(f"fuse must be one of {FUSES}, got {fuse!r}")
-        if pool not in POOLS:
-            raise ShareError(f"pool must be one of {POOLS}, got {pool!r}")
-        if proj < 0:
-            raise ShareError(f"proj (phi's width) must be >= 0, got {proj}")
-        super().__init__(level_channels, num_classes, fuse=fuse == "concat", hidden=proj,
-                         dropout=dropout)
-        self.pool = pool
 
-    def pooled(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The vector phi reads: N x (sum of the fused taps' channels)."""
-        levels = features if self.fuse else features[-1:]
-        if self.pool == "gap":
-            return global_pool(levels)
-        return torch.cat([F.adaptive_max_pool2d(f, 1).flatten(1) for f in levels], 1)
+class _DirectTensors(nn.Module):
+    """The parameters and buffers ``module`` holds itself, not through a child: how a stage
+    lists them when the module's children belong to other stages."""
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.classifier(self.hidden(self.pooled(features)))
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        for name, param in module.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        for name, buffer in module.named_buffers(recurse=False):
+            self.register_buffer(name, buffer)
+
+
+def _stage_members(backbone: nn.Module, starts: Sequence[str], boundaries: Sequence[int],
+                   frozen: set[int]) -> list[list[str]]:
+    """Names of the modules of each stage: every leaf module and every module that holds
+    tensors itself, in the stage of the first tap to complete after the module first started.
+
+    A module the dry run never called goes to the last stage (it may run on other inputs);
+    one that first starts after the deepest tap is left out unless it holds a parameter that
+    is not frozen.
+    """
+    first: dict[str, int] = {}
+    for i, name in enumerate(starts):
+        first.setdefault(name, i)
+    members: list[list[str]] = [[] for _ in boundaries]
+    for name, module in backbone.named_modules():
+        own = list(module.parameters(recurse=False))
+        is_leaf = next(module.children(), None) is None
+        if not is_leaf and not own and not list(module.buffers(recurse=False)):
+            continue
+        start = first.get(name)
+        stage = next((i for i, end in enumerate(boundaries) if start is not None and start < end),
+                     None)
+        if stage is None:
+            if start is not None and all(id(p) in frozen for p in own):
+                continue
+            stage = len(boundaries) - 1
+        members[stage].append(name)
+    return members
 
 
 class SharedClassifier(FeatureClassifier):
@@ -250,8 +277,13 @@ class SharedClassifier(FeatureClassifier):
         once = sum(call.name == last for call in tapped) == 1
         self._stop_at = last if once and tapped[-1].name == last else None
         self.frozen = _freeze_after(backbone, dry.starts, tapped[-1].started)
-        self.head = SharedHead(self._channels, num_classes, fuse=fuse, pool=pool, proj=proj,
-                               dropout=dropout)
+        frozen = set(self.frozen)
+        frozen_ids = {id(p) for n, p in backbone.named_parameters(remove_duplicate=False)
+                      if n in frozen}
+        ends = [max(c.started for c in tapped if c.name == name) for name in self.layers]
+        self._stage_members = _stage_members(backbone, dry.starts, ends, frozen_ids)
+        self.head = shared_head(self._channels, num_classes, fuse=fuse, pool=pool, proj=proj,
+                                dropout=dropout)
 
     def _hook_for(self, name: str, taps: dict[str, torch.Tensor]) -> Hook:
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
@@ -279,6 +311,16 @@ class SharedClassifier(FeatureClassifier):
 
     def stage_names(self) -> list[str]:
         return list(self.layers)
+
+    def stage_modules(self) -> list[list[nn.Module]]:
+        """The backbone's modules per tap; the parameters frozen at sharing time are in none."""
+        modules = dict(self.backbone.named_modules())
+
+        def unit(name: str) -> nn.Module:
+            module = modules[name]
+            return module if next(module.children(), None) is None else _DirectTensors(module)
+
+        return [[unit(name) for name in names] for names in self._stage_members]
 
 
 def share(model: nn.Module, layers: Sequence[str], *, fuse: str = "concat", pool: str = "gap",
