@@ -10,9 +10,9 @@ import pytest
 
 from hfsnet.cli import main
 from tests.conftest import write_image_folder
+from tests.helpers import TINY_HFS, model_opt_flags
 
-TINY_HFS = ["--model-opt", "hfs:stages=[1,1]", "--model-opt", "hfs:growth=8",
-            "--model-opt", "hfs:stem=8"]
+TINY_HFS_FLAGS = model_opt_flags(TINY_HFS, prefix="hfs:")
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Compared:
 
     def args(self, *extra: str, out: Path | None = None) -> list[str]:
         """The command line that produced this comparison, with ``extra`` flags appended."""
-        return ["compare", "--models", "seed-cnn,hfs", *TINY_HFS, "--data", str(self.data),
+        return ["compare", "--models", "seed-cnn,hfs", *TINY_HFS_FLAGS, "--data", str(self.data),
                 "--seeds", "2", "--epochs", "2", "--set", "batch_size=16",
                 "--set", "precision=fp32", "--set", "lr=0.003", "--out", str(out or self.out),
                 "--quiet", *extra]

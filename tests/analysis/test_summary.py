@@ -1,10 +1,9 @@
-import json
-
 import pytest
 
 from hfsnet.analysis.summary import SummaryError, parse_input_shape, summarize
 from hfsnet.cli import main
 from hfsnet.models import create_model
+from tests.helpers import last_json
 
 # seed-cnn at 3x32x32, by hand. Params: out x in x k x k + out biases; Dense: in x out + out.
 # MACs per image: conv Hout x Wout x Cout x Cin x k x k (valid 3x3 convs shrink by 2 px,
@@ -83,7 +82,7 @@ def test_summary_command_prints_table_and_json(capsys):
     text = capsys.readouterr().out
     assert "stages.0.0" in text and "777,600" in text and "890,410" in text
     assert main(["summary", "seed-cnn", "--no-memory", "--depth", "1", "--json"]) == 0
-    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    payload = last_json(capsys)
     assert payload["totals"]["macs"] == 15_167_872
     assert payload["peak_memory"] is None
     assert main(["summary", "seed-cnn", "--no-memory", "--depth", "1"]) == 0

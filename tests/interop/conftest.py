@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import json
 import textwrap
 
 import pytest
 
 from hfsnet.cli import main
+from tests.helpers import last_json
 
 USER_MODULE = "hfsnet_test_usernets"
 RESNET = f"{USER_MODULE}:tiny_resnet"
@@ -104,4 +104,4 @@ def shared_run(usernets, tiny_folder, tmp_path, capsys):
     assert main(["train", "--model", RESNET, "--share-layers", "layer1,layer2",
                  "--model-opt", "width=6", "--model-opt", "share_proj=16",
                  "--data", str(tiny_folder), "--out", str(run), "--json", *FAST]) == 0
-    return run, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return run, last_json(capsys)

@@ -8,6 +8,7 @@ from hfsnet.cli import main
 from hfsnet.data import normalize
 from hfsnet.interop.user_models import model_from_checkpoint
 from hfsnet.train.checkpoint import load_checkpoint
+from tests.helpers import last_json, tiny_hfs_flags
 
 RESNET = "hfsnet_test_usernets:tiny_resnet"
 TOLERANCE = 1e-4  # max abs logit difference, fp32
@@ -17,9 +18,8 @@ BATCH_SIZES = (1, 5)  # the batch axis is dynamic: neither is the size exported 
 @pytest.fixture
 def hfs_run(tiny_folder, tmp_path):
     run = tmp_path / "hfs-run"
-    assert main(["train", "--model", "hfs", "--model-opt", "stages=[1,1]", "--model-opt",
-                 "growth=4", "--model-opt", "stem=4", "--data", str(tiny_folder), "--out",
-                 str(run), "--epochs", "1", "--batch-size", "16", "--quiet"]) == 0
+    assert main(["train", *tiny_hfs_flags(), "--data", str(tiny_folder), "--out", str(run),
+                 "--epochs", "1", "--batch-size", "16", "--quiet"]) == 0
     return run
 
 
@@ -52,7 +52,7 @@ def onnx_logits(path, x) -> torch.Tensor:
 
 def test_torchscript_includes_normalisation_at_any_batch_size(hfs_run, tmp_path, capsys):
     path = export(hfs_run, tmp_path / "model.pt", "--format", "torchscript")
-    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    info = last_json(capsys)
     assert info["input"] == "uint8" and info["input_shape"] == [3, 16, 16]
     assert info["classes"] == ["circle", "square", "stripe"]
     extra = {"hfsnet.json": ""}

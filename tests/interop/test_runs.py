@@ -4,6 +4,7 @@ import pytest
 
 from hfsnet.cli import main
 from hfsnet.interop.runs import format_seconds
+from tests.helpers import last_json
 
 
 def write_run(path, *, model, recipe="default", epochs=3, result=None, metrics=()):
@@ -37,7 +38,7 @@ def runs_dir(tmp_path):
 
 def listing(capsys, *argv):
     assert main(["runs", *map(str, argv), "--json"]) == 0
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return last_json(capsys)
 
 
 def test_runs_are_found_recursively_with_finished_and_partial_ones(runs_dir, capsys):

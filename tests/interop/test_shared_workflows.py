@@ -4,18 +4,13 @@ These commands rebuild a checkpoint's model through the registry, where the user
 registered once a command in this process named it (here: the training run).
 """
 
-import json
-
 from hfsnet.analysis.summary import summarize
 from hfsnet.cli import main
 from hfsnet.interop.user_models import register_user_model
 from hfsnet.models import create_model
+from tests.helpers import last_json
 
 RESNET = "hfsnet_test_usernets:tiny_resnet"
-
-
-def last_json(capsys) -> dict:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def test_cache_and_fit_head_on_a_shared_network(shared_run, tiny_folder, tmp_path, capsys):
@@ -44,8 +39,13 @@ def test_summary_counts_the_shared_network(usernets):
     model = create_model(RESNET, num_classes=3, share_layers=["layer1", "layer2"],
                          share_proj=16, width=6)
     summary = summarize(model, (3, 32, 32), batch_size=2)
-    assert summary.totals.params == sum(p.numel() for p in model.parameters())
-    assert summary.totals.params > 0
+    # Counted by hand from TinyResNet(width=6) (interop/conftest.py): stem conv 3->6 3x3 with
+    # bias 168; layer1, two 6->6 3x3 convs and two batch norms, 2 * 324 + 2 * 12 = 672; layer2,
+    # 6->12 and 12->12 3x3 convs, two batch norms and the 1x1 6->12 shortcut with bias,
+    # 648 + 1296 + 2 * 24 + 84 = 2076; the unused fc 12->7, 91 (frozen); the shared head: phi
+    # Linear(6 + 12 -> 16) 304 and the classifier Linear(16 -> 3) 51.
+    assert summary.totals.params == 168 + 672 + 2076 + 91 + 304 + 51 == 3362
+    assert (summary.totals.trainable_params, summary.totals.frozen_params) == (3362 - 91, 91)
 
 
 def test_the_summary_command_takes_a_registered_user_network(usernets, capsys):

@@ -8,9 +8,9 @@ from hfsnet.cli import main
 from hfsnet.interop.tblog import CELL_PX, LogError, confusion_image, confusion_table
 from hfsnet.interop.training import train_with_log
 from hfsnet.train import TrainConfig
+from tests.helpers import tiny_hfs_flags
 
-SMALL = ["--model", "hfs", "--model-opt", "stages=[1,1]", "--model-opt", "growth=8",
-         "--model-opt", "stem=8", "--batch-size", "16", "--lr", "0.003", "--precision", "fp32",
+SMALL = [*tiny_hfs_flags(), "--batch-size", "16", "--lr", "0.003", "--precision", "fp32",
          "--quiet"]
 
 

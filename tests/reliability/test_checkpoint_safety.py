@@ -12,12 +12,9 @@ import time
 import pytest
 import torch
 
-from hfsnet.models import create_model
 from hfsnet.train import checkpoint as ck
 from hfsnet.train.checkpoint import CheckpointError, CheckpointStore, load_checkpoint
-
-META = {"classes": ["a", "b"], "in_channels": 3, "image_size": [16, 16], "mean": [0.5] * 3,
-        "std": [0.25] * 3}
+from tests.helpers import CHECKPOINT_META, tiny_hfs
 
 CHILD = textwrap.dedent("""
     import os, sys, time, torch
@@ -70,17 +67,17 @@ def test_sigkill_during_save_leaves_previous_checkpoint(tmp_path, phase):
 
 
 def test_disk_full_keeps_previous_and_says_so(tmp_path, monkeypatch):
-    model = create_model("hfs", num_classes=2, stages=(1, 1), growth=4, stem=8)
+    model = tiny_hfs()
     store = CheckpointStore(tmp_path)
-    store.save(1, model, META)
+    store.save(1, model, CHECKPOINT_META)
     before = store.latest.read_bytes()
 
     def full_disk(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ck.os, "fsync", full_disk)
+    monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(CheckpointError, match="No space left.*previous checkpoint.*intact"):
-        store.save(2, model, META)
+        store.save(2, model, CHECKPOINT_META)
     monkeypatch.undo()
     assert store.latest.read_bytes() == before
     assert not list(tmp_path.rglob("*.tmp"))
@@ -109,9 +106,9 @@ def test_pickle_payload_is_never_executed(tmp_path):
 
 
 def test_truncated_and_zero_byte_files_name_the_file(tmp_path):
-    model = create_model("hfs", num_classes=2, stages=(1, 1), growth=4, stem=8)
+    model = tiny_hfs()
     path = tmp_path / "ck.safetensors"
-    ck.save_checkpoint(path, model, META)
+    ck.save_checkpoint(path, model, CHECKPOINT_META)
     data = path.read_bytes()
     for cut in (0, 7, len(data) // 2, len(data) - 1):
         path.write_bytes(data[:cut])
@@ -120,10 +117,10 @@ def test_truncated_and_zero_byte_files_name_the_file(tmp_path):
 
 
 def test_newest_valid_skips_a_corrupt_newest(tmp_path):
-    model = create_model("hfs", num_classes=2, stages=(1, 1), growth=4, stem=8)
+    model = tiny_hfs()
     store = CheckpointStore(tmp_path, keep_last=5)
-    store.save(1, model, META)
-    store.save(2, model, META)
+    store.save(1, model, CHECKPOINT_META)
+    store.save(2, model, CHECKPOINT_META)
     newest = store.step_files()[-1]
     newest.write_bytes(newest.read_bytes()[:100])  # truncated in place
     store.latest.unlink()
@@ -131,9 +128,9 @@ def test_newest_valid_skips_a_corrupt_newest(tmp_path):
 
 
 def test_non_finite_weights_are_refused_for_inference(tmp_path):
-    model = create_model("hfs", num_classes=2, stages=(1, 1), growth=4, stem=8)
+    model = tiny_hfs()
     with torch.no_grad():
         model.head.classifier.weight[0, 0] = float("nan")
-    ck.save_checkpoint(tmp_path / "ck.safetensors", model, META)
+    ck.save_checkpoint(tmp_path / "ck.safetensors", model, CHECKPOINT_META)
     with pytest.raises(CheckpointError, match="non-finite"):
         load_checkpoint(tmp_path / "ck.safetensors").build_model()

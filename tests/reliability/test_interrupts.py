@@ -15,9 +15,9 @@ from hfsnet.train import resolve_config
 from hfsnet.train.checkpoint import CheckpointStore, load_checkpoint
 from hfsnet.train.loop import NonFiniteError, Trainer
 from hfsnet.train.run import build_model
+from tests.helpers import TINY_HFS, tiny_hfs_flags
 
-SMALL = ["--model", "hfs", "--model-opt", "stages=[1,1]", "--model-opt", "growth=8",
-         "--model-opt", "stem=8", "--batch-size", "16", "--precision", "fp32", "--quiet"]
+SMALL = [*tiny_hfs_flags(), "--batch-size", "16", "--precision", "fp32", "--quiet"]
 
 
 EPOCHS = 3
@@ -84,7 +84,7 @@ def test_second_sigint_exits_at_once_without_corruption(medium_folder, tmp_path)
 def nan_trainer(data_dir, tmp_path, policy, bad_step=3):
     data = load_dataset(str(data_dir))
     cfg = resolve_config(model="hfs", data=str(data_dir), epochs=2, batch_size=16,
-                         model_options={"stages": [1, 1], "growth": 8, "stem": 8},
+                         model_options=TINY_HFS,
                          precision="fp32", channels_last=False, nonfinite=policy,
                          checkpoint_every=1)
     trainer = Trainer(cfg, tmp_path / policy, data, build_model(cfg, data), progress=False)

@@ -9,13 +9,14 @@ from hfsnet.data import load_dataset
 from hfsnet.train import resolve_config, train
 from hfsnet.train.checkpoint import CheckpointStore, load_checkpoint
 from hfsnet.train.run import resume_trainer
+from tests.helpers import tiny_hfs_options
 
 EPOCHS = 2
 
 
 def config(data, **over):
     values = dict(model="hfs", data=str(data), epochs=EPOCHS, batch_size=16, lr=3e-3,
-                  model_options={"stages": [1, 1], "growth": 8, "stem": 8, "layer_dropout": 0.1},
+                  model_options=tiny_hfs_options(layer_dropout=0.1),
                   precision="fp32", channels_last=False, schedule="onecycle", crop_padding=2,
                   flip=True, cutout=4, checkpoint_every=1, keep_last=100, deterministic=True)
     values.update(over)

@@ -1,7 +1,5 @@
 """The fast preset's machinery: weight averaging, flip TTA, fused optimizers, recipes, resume."""
 
-import json
-
 import pytest
 import torch
 from torch import nn
@@ -15,6 +13,7 @@ from hfsnet.train.evaluate import summarize
 from hfsnet.train.optim import fused
 from hfsnet.train.run import fresh_trainer
 from hfsnet.train.tta import FlipAverage
+from tests.helpers import last_json
 
 
 def test_weight_average_after_two_steps_is_the_hand_computed_one():
@@ -163,10 +162,10 @@ def test_fast_recipe_through_the_cli_and_its_checkpoint_evaluates(tiny_folder, t
             "--epochs", "1", "--batch-size", "16", "--precision", "fp32", "--quiet", "--json",
             "--lr", "0.2", "--model-opt", "widths=[4,8,8]"]
     assert main(argv) == 0
-    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    trained = last_json(capsys)
     assert main(["evaluate", "--checkpoint", str(out), "--data", str(tiny_folder),
                  "--precision", "fp32", "--json"]) == 0
-    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    evaluated = last_json(capsys)
     assert evaluated["count"] == 18
     # evaluate runs the saved weights without TTA: the same as the model's own logits
     ckpt = load_checkpoint(out)
@@ -182,7 +181,7 @@ def test_fast_recipe_through_the_cli_and_its_checkpoint_evaluates(tiny_folder, t
     # with the recipe's TTA (and the checkpoint's own precision) it reproduces the training report
     assert main(["evaluate", "--checkpoint", str(out), "--data", str(tiny_folder),
                  "--tta-flip", "--tta-translate", "--json"]) == 0
-    flipped = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    flipped = last_json(capsys)
     assert flipped["test_acc"] == pytest.approx(trained["test_acc"])
     assert flipped["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-5)
 

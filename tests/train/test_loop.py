@@ -5,11 +5,12 @@ import torch
 from hfsnet.data import load_dataset
 from hfsnet.train import resolve_config, train
 from hfsnet.train.checkpoint import load_checkpoint
+from tests.helpers import TINY_HFS
 
 
 def small_config(data, **over):
     values = dict(model="hfs", data=str(data), epochs=4, batch_size=16, lr=3e-3,
-                  model_options={"stages": [1, 1], "growth": 8, "stem": 8}, precision="fp32",
+                  model_options=TINY_HFS, precision="fp32",
                   channels_last=False)
     values.update(over)
     return resolve_config(**values)

@@ -1,11 +1,10 @@
 """Training on a real CIFAR-10 subset (slow: run with `make test-slow`)."""
 
-import json
-
 import pytest
 
 from hfsnet.cli import main
 from tests.conftest import SHARED_CIFAR
+from tests.helpers import last_json
 
 
 @pytest.mark.slow
@@ -15,5 +14,5 @@ def test_hfs_seed_learns_cifar10_well_above_chance(tmp_path, capsys):
     assert main(["train", "--model", "hfs-seed", "--data", str(SHARED_CIFAR), "--epochs", "2",
                  "--limit-train", "5000", "--out", str(tmp_path / "run"), "--quiet",
                  "--json"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = last_json(capsys)
     assert result["test_acc"] > 0.30

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from hfsnet.models import create_model
 from hfsnet.train import resolve_config
 from hfsnet.train.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from tests.helpers import tiny_hfs
 
 
 def save_source(run: Path) -> Path:
     torch.manual_seed(0)
-    model = create_model("hfs", num_classes=3, stages=(1, 1), growth=8, stem=8)
+    model = tiny_hfs(num_classes=3)
     config = resolve_config(model="hfs", data="tiny", model_options=model.model_options)
     meta = {"classes": ["circle", "square", "stripe"], "mean": [0.3, 0.3, 0.3],
             "std": [0.3, 0.3, 0.3], "in_channels": 3, "image_size": [16, 16],

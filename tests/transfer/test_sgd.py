@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from hfsnet.models.head import LevelHead
 from hfsnet.transfer.errors import CacheError
-from hfsnet.transfer.head import LevelHead
 from hfsnet.transfer.sgd import SgdOptions, fit_sgd
 
 

@@ -8,9 +8,9 @@ import torch
 import hfsnet.transfer.extract as extract_module
 from hfsnet.data import DataSplits, ImageSet, normalize
 from hfsnet.models import create_model
+from hfsnet.models.head import pool_levels
 from hfsnet.transfer.errors import CacheError
 from hfsnet.transfer.extract import CacheSpec, get_cache
-from hfsnet.transfer.levels import pool_levels
 
 CLASSES = ["a", "b", "c"]
 
@@ -45,7 +45,9 @@ def test_descriptors_are_the_trunks_pooled_stages(tmp_path):
     with torch.no_grad():
         x = normalize(data.test.images, (0.5,) * 3, (0.25,) * 3)
         expected = pool_levels(model.forward_features(x), [1, 3], "2x2").half().numpy()
-    np.testing.assert_array_equal(found.cache.features("test"), expected)
+    # The cache's trunk pass folds batch norms into the convs: equal to fp16 rounding.
+    np.testing.assert_allclose(found.cache.features("test").astype(np.float32),
+                               expected.astype(np.float32), rtol=2e-3, atol=1e-4)
     np.testing.assert_array_equal(found.cache.labels("test"), data.test.labels.numpy())
     manifest = found.cache.manifest
     assert manifest["level_names"] == ["stage1", "stage3"]

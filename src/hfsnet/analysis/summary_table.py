@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hfsnet.analysis.summary import LayerRow, ModelSummary
 from hfsnet.analysis.units import format_bytes, format_count, format_si
+from hfsnet.textutil import format_columns
 
 _HEADERS = ("Layer", "Type", "Output shape", "Params", "MACs/img", "FLOPs/img",
             "Activations kept")
@@ -14,16 +15,6 @@ def _cells(row: LayerRow) -> tuple[str, ...]:
     return ("  " * (row.depth - 1) + row.name, row.type, row.output_shape,
             format_count(row.params), format_count(row.macs), format_count(row.flops),
             format_bytes(row.activation_bytes))
-
-
-def _table(lines: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(line[i]) for line in lines) for i in range(len(_HEADERS))]
-    out = []
-    for line in lines:
-        cells = [cell.rjust(w) if i in _RIGHT_ALIGNED else cell.ljust(w)
-                 for i, (cell, w) in enumerate(zip(line, widths, strict=True))]
-        out.append("  ".join(cells).rstrip())
-    return out
 
 
 def _totals_lines(summary: ModelSummary) -> list[str]:
@@ -61,7 +52,7 @@ def render_summary(summary: ModelSummary, *, max_depth: int | None = None) -> st
              f"{summary.precision}; every row counts the module and everything nested in "
              "it; a tensor kept for backward by several layers is charged once, to the first")
     rows = [r for r in summary.rows if max_depth is None or r.depth <= max_depth]
-    table = _table([_HEADERS, *(_cells(r) for r in rows)])
+    table = format_columns([_HEADERS, *(_cells(r) for r in rows)], _RIGHT_ALIGNED)
     rule = "-" * max(len(line) for line in table)
     return "\n".join([title, rule, table[0], rule, *table[1:], rule,
                       *_totals_lines(summary)])

@@ -8,11 +8,10 @@ from typing import Any
 
 from torch import nn
 
+from hfsnet.analysis.summary import parse_input_shape
 from hfsnet.cli.common import add_common, emit, parse_option
-from hfsnet.errors import HfsnetError
 from hfsnet.interop.export import FORMATS, INPUT_KINDS, export_model
 from hfsnet.interop.runs import COLUMNS, find_runs, format_table, sort_runs
-from hfsnet.interop.share import tappable_layers
 from hfsnet.interop.user_models import (
     build_backbone,
     import_factory,
@@ -20,21 +19,8 @@ from hfsnet.interop.user_models import (
     model_from_checkpoint,
 )
 from hfsnet.models import create_model
+from hfsnet.models.share import tappable_layers
 from hfsnet.train.checkpoint import load_checkpoint
-
-
-class InputShapeError(HfsnetError):
-    """An --input that is not CxHxW."""
-
-
-def parse_input_shape(text: str) -> tuple[int, int, int]:
-    """``CxHxW`` (e.g. ``3x32x32``) as three positive ints."""
-    parts = text.lower().split("x")
-    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise InputShapeError(f"--input: expected CxHxW with positive sizes like 3x32x32, "
-                              f"got {text!r}")
-    c, h, w = (int(p) for p in parts)
-    return c, h, w
 
 
 def _network(name: str, shape: tuple[int, int, int], options: dict[str, Any]) -> nn.Module:

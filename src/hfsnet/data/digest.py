@@ -6,17 +6,6 @@ import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
-BLOCK = 1 << 20  # bytes read per hashing step
-
-
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file's bytes."""
-    digest = hashlib.new(algorithm)
-    with path.open("rb") as file:
-        while block := file.read(BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def files_digest(root: Path, relpaths: Iterable[str]) -> str:
     """SHA-256 over sorted (relative path, size, mtime_ns) of the given files under ``root``.

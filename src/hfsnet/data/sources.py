@@ -10,11 +10,13 @@ from pathlib import Path
 
 import torch
 
+from hfsnet.fsutil import file_digest
+
 from .archive import archive_stem, is_archive
 from .catalog import KNOWN, locate
 from .cifar import cifar_format_of, read_cifar
 from .decode import resize_images
-from .digest import file_digest, files_digest, tree_digest
+from .digest import files_digest, tree_digest
 from .errors import DataError
 from .folder import read_image_folder
 from .idx import DIGIT_CLASSES, FASHION_CLASSES, idx_files, read_idx_folder

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from hfsnet.errors import HfsnetError
-from hfsnet.train.checkpoint import atomic_write_bytes
+from hfsnet.fsutil import atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript")
 INPUT_KINDS = ("uint8", "float")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hfsnet.errors import HfsnetError
+from hfsnet.textutil import format_columns
 
 COLUMNS = ("run", "model", "recipe", "epochs", "test_acc", "time", "params", "status")
 
@@ -118,12 +119,5 @@ def _cells(row: RunRow) -> list[str]:
 
 def format_table(rows: list[RunRow]) -> str:
     """Aligned text table with a header; numbers right-aligned."""
-    table = [list(COLUMNS), *(_cells(row) for row in rows)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
-    right = {"epochs", "test_acc", "time", "params"}
-    lines = []
-    for line in table:
-        cells = [cell.rjust(w) if name in right else cell.ljust(w)
-                 for cell, w, name in zip(line, widths, COLUMNS, strict=True)]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
+    right = [COLUMNS.index(name) for name in ("epochs", "test_acc", "time", "params")]
+    return "\n".join(format_columns([list(COLUMNS), *(_cells(row) for row in rows)], right))
