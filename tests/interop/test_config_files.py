@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import re
 import sys
 
 import pytest
@@ -59,7 +60,7 @@ def test_yaml_and_toml_give_the_same_values(tmp_path, name, text):
 def test_flags_override_the_file_and_options_merge_key_by_key(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(YAML)
-    config = train_config(path, None, epochs=2, lr=None, model_options={"growth": 4},
+    config = train_config(path, None, {"epochs": 2, "lr": None, "model_options": {"growth": 4}},
                           share_layers=None)
     assert config.epochs == 2  # the flag
     assert config.lr == 0.001  # the file; None means the flag was not given
@@ -75,12 +76,13 @@ def test_recipe_then_file_then_flags(tmp_path):
     assert config.recipe == "seed"
     assert config.optimizer == "adam" and config.lr == 2e-4  # from the seed recipe
     assert config.batch_size == 8  # the file beats the recipe
-    assert train_config(path, None, batch_size=16).batch_size == 16  # a flag beats the file
+    assert train_config(path, None, {"batch_size": 16}).batch_size == 16  # a flag beats the file
     assert train_config(path, "default").optimizer == TrainConfig().optimizer  # --recipe wins
 
 
 def test_a_run_config_json_reproduces_the_config(tmp_path):
-    original = train_config(None, "seed", data="d", epochs=5, model_options={"growth": 4})
+    original = train_config(None, "seed",
+                            {"data": "d", "epochs": 5, "model_options": {"growth": 4}})
     path = tmp_path / "config.json"
     path.write_text(json.dumps(original.to_dict(), indent=2))  # what Trainer.fit writes
     assert train_config(path, None) == original
@@ -92,7 +94,7 @@ def test_data_comes_from_flag_then_file_then_environment(tmp_path, monkeypatch):
     empty = tmp_path / "empty.toml"
     empty.write_text("")
     monkeypatch.setenv("HFSNET_DATA", "from-env")
-    assert train_config(path, None, data="from-flag").data == "from-flag"
+    assert train_config(path, None, {"data": "from-flag"}).data == "from-flag"
     assert train_config(path, None).data == "from-file"
     assert train_config(empty, None).data == "from-env"
     monkeypatch.delenv("HFSNET_DATA")
@@ -111,6 +113,19 @@ def test_bad_keys_and_types_are_named(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=f"--config {path}: {message}"):
+        read_config_file(path)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("lr = inf\n", "config key 'lr' must be a finite number, got inf"),
+    ("seed = -1\n", "config key 'seed' must be in [0, 2**63), got -1"),
+    ("eval_batch_size = 0\n", "config key 'eval_batch_size' must be >= 1, got 0"),
+    ('optimizer = "lbfgs"\n', "config key 'optimizer' must be one of"),
+])
+def test_values_out_of_range_are_named_with_the_file(tmp_path, text, message):
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"--config {path}: {message}")):
         read_config_file(path)
 
 

@@ -5,9 +5,9 @@ import pytest
 from hfsnet.cli import main
 from hfsnet.models import create_model
 from hfsnet.train.checkpoint import load_checkpoint, save_checkpoint
+from tests.helpers import tiny_hfs_flags
 
-SMALL = ["--model", "hfs", "--model-opt", "stages=[1,1]", "--model-opt", "growth=4",
-         "--model-opt", "stem=4", "--epochs", "1", "--batch-size", "16", "--precision", "fp32",
+SMALL = [*tiny_hfs_flags(), "--epochs", "1", "--batch-size", "16", "--precision", "fp32",
          "--quiet"]
 
 

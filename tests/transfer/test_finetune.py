@@ -5,32 +5,20 @@ import torch
 
 from hfsnet.cli import main
 from hfsnet.models import create_model
+from hfsnet.models.level_head import LEVEL_HEAD_MODEL
 from hfsnet.train import resolve_config
-from hfsnet.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from hfsnet.train.checkpoint import load_checkpoint
 from hfsnet.train.config import ConfigError
 from hfsnet.transfer.finetune import (
     FinetuneOptions,
     FreezeSchedule,
     build_finetuner,
     finetune,
-    stage_modules,
 )
-from hfsnet.transfer.head import LEVEL_HEAD_MODEL
 from hfsnet.transfer.source import load_source, load_target
+from tests.helpers import last_json
 
 NEW = ("a", "b", "c", "d")
-
-
-@pytest.fixture
-def source_run(tmp_path):
-    """A small untrained hfs (with batch norm) saved as a 3-class 16x16 checkpoint."""
-    torch.manual_seed(0)
-    model = create_model("hfs", num_classes=3, stages=(1, 1), growth=8, stem=8)
-    config = resolve_config(model="hfs", data="tiny", model_options=model.model_options)
-    meta = {"classes": ["circle", "square", "stripe"], "mean": [0.3] * 3, "std": [0.3] * 3,
-            "in_channels": 3, "image_size": [16, 16], "config": config.to_dict()}
-    save_checkpoint(tmp_path / "source" / CHECKPOINT_NAME, model, meta)
-    return tmp_path / "source"
 
 
 @pytest.fixture
@@ -115,7 +103,7 @@ def test_unfrozen_after_the_frozen_epochs(source_run, new_data, tmp_path):
 
 def test_gradual_unfreezing_goes_from_the_deepest_stage():
     model = create_model("hfs", num_classes=3, stages=(1, 1, 1), growth=4, stem=8)
-    stages = stage_modules(model)
+    stages = model.stage_modules()
     covered = [id(p) for modules in stages for m in modules for p in m.parameters()]
     assert sorted(covered) == sorted(id(p) for p in model.trunk_parameters())
     assert stages[0][0] is model.stem  # the stem trains with the first stage
@@ -143,7 +131,7 @@ def test_cache_initialised_head_then_fine_tuned(source_run, new_data, tmp_path, 
     assert main(["finetune", "--checkpoint", str(source_run), "--data", str(new_data),
                  "--out", str(tmp_path / "ft"), "--epochs", "1", "--head-lr", "0.003",
                  "--head-init", "cache", "--precision", "fp32", "--quiet", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = last_json(capsys)
     assert result["epochs"] == 1
     ckpt = load_checkpoint(tmp_path / "ft")
     assert ckpt.meta["model"] == LEVEL_HEAD_MODEL

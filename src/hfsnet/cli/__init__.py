@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import torch
 
@@ -17,11 +19,25 @@ from hfsnet.errors import HfsnetError
 from hfsnet.train.distributed import close_distributed
 
 EXIT_USAGE = 2  # bad input of any kind: argparse's convention
+EXIT_BUG = 1
+EXIT_SIGINT = 130
 FAMILIES = (train, interop, analysis, transfer)
 
 
+class UsageError(HfsnetError):
+    """A flag argparse refused (unknown, missing, or a value its check rejects)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a refused flag raises :class:`UsageError` instead of printing the
+    usage block and exiting, so it reaches the user as the same one line as every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hfsnet", description=__doc__.splitlines()[0])
+    parser = Parser(prog="hfsnet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for family in FAMILIES:
         family.add_commands(sub)
@@ -29,21 +45,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every error ends here as one line on stderr and an exit code: 2 for
+    bad input (flags, files, data) and for the operating system refusing a read or write, 1 for
+    anything else, which is a bug (``--debug`` shows its traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-    func: Callable[[argparse.Namespace], int] = args.func
     try:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:
+        return _fail(f"hfsnet: error: {err}", EXIT_USAGE, debug="--debug" in argv)
+    except SystemExit as done:  # --help
+        return int(done.code or 0)
+    args.argv = argv
+    try:
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
+        func: Callable[[argparse.Namespace], int] = args.func
         code = func(args)
         close_distributed()
         return code
+    except KeyboardInterrupt:
+        return _fail("hfsnet: interrupted", EXIT_SIGINT, debug=args.debug)
     except HfsnetError as err:
-        if args.debug:
-            traceback.print_exc()
-        print(f"hfsnet: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(f"hfsnet: error: {err}", EXIT_USAGE, debug=args.debug)
+    except OSError as err:
+        return _fail(f"hfsnet: error: {_os_error(err)}", EXIT_USAGE, debug=args.debug)
+    except MemoryError:
+        return _fail("hfsnet: error: out of memory (try a smaller --batch-size or model)",
+                     EXIT_USAGE, debug=args.debug)
+    except Exception as err:
+        return _fail(f"hfsnet: internal error: {type(err).__name__}: {err} (a bug: rerun "
+                     "with --debug for the traceback)", EXIT_BUG, debug=args.debug)
+
+
+def _os_error(err: OSError) -> str:
+    """``PATH: No space left on device``: the file and the errno's meaning."""
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    names = [str(n) for n in (err.filename, err.filename2) if n is not None]
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
+def _fail(line: str, code: int, *, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(line, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

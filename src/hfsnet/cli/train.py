@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from hfsnet.cli.common import add_common, add_threads, emit, parse_option
+from hfsnet.cli.common import add_common, add_threads, emit, parse_option, positive_int
+from hfsnet.cli.config_flags import add_config_flags, given_values
 from hfsnet.data import DataError, data_spec, load_dataset, normalize, read_image_file
 from hfsnet.interop.tblog import LOG_KINDS
 from hfsnet.interop.training import prepare_run, train_config, train_with_log
@@ -17,16 +18,10 @@ from hfsnet.interop.user_models import model_from_checkpoint
 from hfsnet.models import list_models
 from hfsnet.train import TrainingInterrupted, TrainResult, resume
 from hfsnet.train.checkpoint import Checkpoint, CheckpointError, CheckpointStore, load_checkpoint
-from hfsnet.train.config import (
-    DEVICES,
-    NONFINITE,
-    OPTIMIZERS,
-    PRECISIONS,
-    RECIPES,
-    SCHEDULES,
-)
+from hfsnet.train.config import DEVICES, PRECISIONS, RECIPES, TrainConfig
 from hfsnet.train.distributed import launch_torchrun
 from hfsnet.train.evaluate import evaluate
+from hfsnet.train.rundir import RunDirError
 from hfsnet.train.runtime import resolve_device
 from hfsnet.train.tta import FlipAverage
 
@@ -57,33 +52,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _run_training(args: argparse.Namespace) -> TrainResult:
     """A fresh run, or a resumed one (--resume DIR, or --resume auto with --out DIR)."""
     prepare_run(args.model, resume=args.resume, log=args.log)
+    if args.overwrite and args.resume not in (None, "auto"):
+        raise RunDirError("--overwrite starts a new run and --resume DIR continues one: pass "
+                          "one of them")
     if args.resume == "auto":
         if CheckpointStore(args.out).newest_valid() is not None:
             return resume(args.out, progress=not args.quiet)
     elif args.resume:
         return resume(args.resume, progress=not args.quiet)
-    if args.tta_flip is False and args.tta_translate is None:
+    flags = given_values(args, TrainConfig)
+    if args.model_opt:
+        flags["model_options"] = dict(args.model_opt)
+    if flags.get("tta_flip") is False:
         # --no-tta-flip means no test-time augmentation, also on recipes that add translations.
-        args.tta_translate = False
-    config = train_config(
-        args.config, args.recipe, share_layers=args.share_layers,
-        model=args.model, data=args.data, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-        schedule=args.schedule, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, seed=args.seed, device=args.device,
-        precision=args.precision, val_split=args.val_split, limit_train=args.limit_train,
-        image_size=args.image_size, crop_padding=args.crop_padding, flip=args.flip,
-        cutout=args.cutout,
-        model_options=dict(args.model_opt) if args.model_opt else None,
-        checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
-        nonfinite=args.nonfinite, deterministic=args.deterministic, sync_bn=args.sync_bn,
-        channels_last=args.channels_last, skip_bad=args.skip_bad, threads=args.threads,
-        ema_decay=args.ema_decay, tta_flip=args.tta_flip, tta_translate=args.tta_translate,
-        momentum=args.momentum, warmup_fraction=args.warmup_fraction,
-        norm_lr_scale=args.norm_lr_scale, lookahead_every=args.lookahead_every,
-        alternate_flips=args.alternate_flips,
-    )
-    return train_with_log(config, args.out, log=args.log, progress=not args.quiet)
+        flags.setdefault("tta_translate", False)
+    config = train_config(args.config, args.recipe, flags, share_layers=args.share_layers)
+    return train_with_log(config, args.out, log=args.log, progress=not args.quiet,
+                          overwrite=args.overwrite)
 
 
 def _load_for_inference(path: str, user_model: str | None) -> tuple[Checkpoint, torch.nn.Module]:
@@ -159,8 +144,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _train_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="train a model; writes config, metrics and a checkpoint")
-    p.add_argument("--model", help="registered model name (see `hfsnet models`), or "
-                   "module.path:factory for your own network (with --share-layers)")
     p.add_argument("--share-layers", type=layer_names, metavar="A,B,C",
                    help="layers of a module.path:factory network to fuse (see `hfsnet layers`)")
     p.add_argument("--config", metavar="FILE",
@@ -170,66 +153,20 @@ def _train_parser(sub: Any) -> None:
                    help="tensorboard: also write TensorBoard logs to <out>/tensorboard")
     p.add_argument("--model-opt", action="append", type=parse_option, metavar="KEY=VALUE",
                    help="model constructor option, e.g. growth=16 (repeatable)")
-    p.add_argument("--data", help="dataset spec; default $HFSNET_DATA")
     p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run directory")
     p.add_argument("--recipe", choices=sorted(RECIPES),
                    help="named defaults (default: the config file's, else 'default'); "
                         "config files and explicit flags override them")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--schedule", choices=SCHEDULES)
-    p.add_argument("--weight-decay", type=float, help="not applied to norms and biases")
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=DEVICES)
-    p.add_argument("--precision", choices=PRECISIONS, help="bf16 autocasts on CPU too")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="NHWC memory layout (faster convolutions on CPU and GPU)")
-    p.add_argument("--val-split", type=float, help="fraction of train held out, fixed seed")
-    p.add_argument("--limit-train", type=int, help="stratified subset of N training images")
-    p.add_argument("--image-size", type=int, help="resize images to SIZE x SIZE")
-    p.add_argument("--skip-bad", action="store_true", default=None,
-                   help="skip unreadable image files (reported) instead of failing")
-    p.add_argument("--crop-padding", type=int, help="random-crop padding in px (0: off)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="random horizontal flips")
-    p.add_argument("--cutout", type=int, help="cutout square side in px (0: off)")
     p.add_argument("--resume", metavar="DIR|auto",
                    help="continue a run from its newest valid checkpoint (auto: the --out "
                         "directory if it holds one, else start fresh)")
-    p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
-                   help="also checkpoint every STEPS optimizer steps (default: epoch ends)")
-    p.add_argument("--keep-last", type=int, metavar="K", help="step checkpoints kept (default 2)")
-    p.add_argument("--nonfinite", choices=NONFINITE,
-                   help="on a NaN/Inf loss or gradient: stop (default) or skip the step")
-    p.add_argument("--deterministic", action="store_true", default=None,
-                   help="deterministic algorithms, for bit-exact resume")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its files are removed at the new "
+                        "run's first save: a run that fails before that leaves them as they were)")
     p.add_argument("--nproc", type=int, metavar="N",
                    help="train with N processes (DistributedDataParallel) through torchrun")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="torch threads per process (default: one per core; 1 is faster when "
-                        "other jobs load the machine)")
-    p.add_argument("--ema-decay", type=float, metavar="D",
-                   help="evaluate a moving average of the weights (0: off)")
-    p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="evaluation averages each image with its mirror (--no-tta-flip also turns "
-                        "off the translations)")
-    p.add_argument("--tta-translate", action=argparse.BooleanOptionalAction, default=None,
-                   help="with --tta-flip: also average copies shifted by 1 px (6 views)")
-    p.add_argument("--momentum", type=float, help="SGD momentum (Nesterov)")
-    p.add_argument("--warmup-fraction", type=float, metavar="F",
-                   help="share of the steps the schedule warms up over")
-    p.add_argument("--norm-lr-scale", type=float, metavar="S",
-                   help="learning-rate multiplier of norm shifts and biases")
-    p.add_argument("--lookahead-every", type=int, metavar="N",
-                   help="lookahead: pull the weights to a slow average every N steps (0: off)")
-    p.add_argument("--alternate-flips", action=argparse.BooleanOptionalAction, default=None,
-                   help="mirror each image in alternate epochs instead of at random")
-    p.add_argument("--sync-bn", action="store_true", default=None,
-                   help="with several processes: batch-norm statistics over the global batch")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_config_flags(p, TrainConfig)
     add_common(p)
     p.set_defaults(func=cmd_train)
 
@@ -243,7 +180,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--model", metavar="MODULE:FACTORY",
                    help="the factory of a user network (its checkpoints never import code)")
     p.add_argument("--data", help="dataset spec; default $HFSNET_DATA")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--precision", choices=PRECISIONS,
                    help="default: the precision the checkpoint was trained in")

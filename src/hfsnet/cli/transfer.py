@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from hfsnet.cli.common import add_common, add_threads, emit
+from hfsnet.cli.config_flags import add_config_flags, given_values
 from hfsnet.data import DataError, DataSplits, data_spec, load_dataset
-from hfsnet.train.config import DEVICES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES, resolve_config
+from hfsnet.train.config import RECIPES, TrainConfig, resolve_config
 from hfsnet.train.distributed import launch_torchrun
-from hfsnet.transfer.finetune import HEAD_INITS, UNFREEZE, FinetuneOptions, finetune
-from hfsnet.transfer.fit import METHODS, HeadOptions, cache_for, fit_head
-from hfsnet.transfer.levels import POOLS
+from hfsnet.transfer.finetune import FinetuneOptions, finetune
+from hfsnet.transfer.fit import HeadOptions, cache_for, fit_head
 from hfsnet.transfer.sgd import SgdOptions
 from hfsnet.transfer.source import Source, for_trunk, load_source
 from hfsnet.transfer.subsets import few_shot, select_classes
@@ -24,16 +24,17 @@ def _out(args: argparse.Namespace) -> Any:
     return sys.stderr if args.json else sys.stdout
 
 
-def target_data(args: argparse.Namespace, source: Source, val_split: float = 0.0) -> DataSplits:
+def target_data(args: argparse.Namespace, source: Source, seed: int,
+                val_split: float = 0.0) -> DataSplits:
     """--data, resized as the trunk's training data was, then --classes and --per-class."""
-    data = load_dataset(data_spec(args.data), val_split=val_split, seed=args.seed,
+    data = load_dataset(data_spec(args.data), val_split=val_split, seed=seed,
                         image_size=source.config.get("image_size"))
     if args.classes:
         data = select_classes(data, [name.strip() for name in args.classes.split(",")])
     if args.per_class is not None:
         if args.per_class < 1:
             raise DataError(f"--per-class: expected a positive count, got {args.per_class}")
-        data = few_shot(data, args.per_class, args.seed)
+        data = few_shot(data, args.per_class, seed)
     return for_trunk(source, data)
 
 
@@ -41,18 +42,18 @@ def default_cache(args: argparse.Namespace, source: Source) -> Path:
     return Path(args.cache) if args.cache else source.checkpoint.path.parent / "feature-cache"
 
 
-def head_options(args: argparse.Namespace, method: str = "ridge") -> HeadOptions:
-    return HeadOptions(method=method, levels=args.levels, pool=args.pool,
-                       precision=args.cache_precision, batch_size=args.cache_batch_size,
-                       device=args.device, rebuild=args.rebuild, seed=args.seed)
+def head_options(args: argparse.Namespace) -> HeadOptions:
+    """HeadOptions from the flags given, its defaults for the rest."""
+    return HeadOptions(**given_values(args, HeadOptions))
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
     if args.nproc is not None:
         return launch_torchrun(args.nproc, args.argv)
     source = load_source(args.checkpoint)
-    data = target_data(args, source)
-    found = cache_for(source.model, data, default_cache(args, source), head_options(args))
+    options = head_options(args)
+    data = target_data(args, source, options.seed)
+    found = cache_for(source.model, data, default_cache(args, source), options)
     manifest = found.cache.manifest
     shapes = {name: entry["shape"] for name, entry in manifest["arrays"].items()}
     state = f"built in {found.seconds:.1f}s" if found.built else "reused"
@@ -69,13 +70,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_fit_head(args: argparse.Namespace) -> int:
     source = load_source(args.checkpoint)
-    data = target_data(args, source)
-    options = head_options(args, args.method)
-    options.hidden = args.hidden
-    options.holdout = args.holdout
-    options.sgd = SgdOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             weight_decay=args.weight_decay, optimizer=args.optimizer,
-                             schedule=args.schedule, seed=args.seed)
+    options = head_options(args)
+    options.sgd = SgdOptions(**given_values(args, SgdOptions))
+    data = target_data(args, source, options.seed)
     result = fit_head(source, data, Path(args.out), default_cache(args, source), options)
     state = f"built in {result.cache_seconds:.1f}s" if result.cache_built else "reused"
     print(f"{result.method} head on {result.width}-wide descriptors of stages {result.levels} "
@@ -88,20 +85,14 @@ def cmd_fit_head(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     source = load_source(args.checkpoint)
-    config = resolve_config(
-        args.recipe, model=source.model.model_name, data=data_spec(args.data),
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.head_lr,
-        optimizer=args.optimizer, schedule=args.schedule, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, seed=args.seed, device=args.device,
-        precision=args.precision, val_split=args.val_split, crop_padding=args.crop_padding,
-        flip=args.flip, cutout=args.cutout, threads=args.threads,
-    )
-    data = target_data(args, source, config.val_split)
-    options = FinetuneOptions(head_lr=args.head_lr, trunk_lr=args.trunk_lr,
-                              freeze_epochs=args.freeze_epochs, unfreeze=args.unfreeze,
-                              train_bn=args.train_bn, head_init=args.head_init,
-                              cache=default_cache(args, source),
-                              head=head_options(args))
+    options = FinetuneOptions(**given_values(args, FinetuneOptions),
+                              cache=default_cache(args, source), head=head_options(args))
+    # --head-lr is the config's lr: the trainer's schedule and records follow the head's rate
+    config = resolve_config(args.recipe, **{**given_values(args, TrainConfig),
+                                            "model": source.model.model_name,
+                                            "data": data_spec(args.data),
+                                            "lr": options.head_lr})
+    data = target_data(args, source, config.seed, config.val_split)
     result = finetune(source, data, config, args.out, options, progress=not args.quiet)
     print(f"test accuracy {100 * result.test_acc:.2f}% (loss {result.test_loss:.4f}) after "
           f"{result.epochs} epochs, {result.train_seconds:.1f}s training; run saved to "
@@ -112,26 +103,25 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+# The flags finetune shares with `hfsnet train` (its --head-lr stands for --lr).
+FINETUNE_CONFIG = ("epochs", "batch_size", "optimizer", "schedule", "weight_decay",
+                   "label_smoothing", "precision", "val_split", "crop_padding", "flip", "cutout")
+# The cache's layout and trunk pass: flags of cache, fit-head and finetune (--head-init cache).
+CACHE_LAYOUT = ("levels", "pool", "rebuild", "precision", "batch_size")
+
+
 def _data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
     p.add_argument("--data", help="dataset spec; default $HFSNET_DATA")
     p.add_argument("--classes", help="comma-separated class names to keep (relabelled in order)")
     p.add_argument("--per-class", type=int, help="training images per class, drawn by --seed")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=DEVICES, default="auto")
+    add_config_flags(p, HeadOptions, only=("seed", "device"))
     add_threads(p)
 
 
 def _cache_flags(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--cache", help=f"{what}; default: feature-cache/ beside the checkpoint")
-    p.add_argument("--levels", help="stages the descriptor reads: all (default), last, or 1,2,...")
-    p.add_argument("--pool", choices=POOLS, help="per-stage pooling: gap (default) or 2x2")
-    p.add_argument("--rebuild", action="store_true",
-                   help="build the cache again even if one exists for this key")
-    p.add_argument("--cache-precision", choices=PRECISIONS, default="fp32",
-                   help="precision of the trunk pass that fills the cache")
-    p.add_argument("--cache-batch-size", type=int, default=500,
-                   help="images per trunk pass batch")
+    add_config_flags(p, HeadOptions, only=CACHE_LAYOUT)
 
 
 def add_commands(sub: Any) -> None:
@@ -151,18 +141,8 @@ def add_commands(sub: Any) -> None:
     _data_flags(p)
     _cache_flags(p, "cache root directory or an existing cache")
     p.add_argument("--out", required=True, help="run directory for the new checkpoint")
-    p.add_argument("--method", choices=METHODS, default="ridge")
-    p.add_argument("--holdout", type=float, default=0.1,
-                   help="ridge: share of training rows held out to choose the strength")
-    p.add_argument("--hidden", type=int, default=0, help="sgd: hidden ReLU layer width (0: none)")
-    sgd = SgdOptions()
-    p.add_argument("--epochs", type=int, default=sgd.epochs, help="sgd: passes over the cache")
-    p.add_argument("--lr", type=float, default=sgd.lr, help="sgd: learning rate")
-    p.add_argument("--batch-size", type=int, default=sgd.batch_size,
-                   help="sgd: descriptors per step")
-    p.add_argument("--weight-decay", type=float, default=sgd.weight_decay, help="sgd")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=sgd.optimizer, help="sgd")
-    p.add_argument("--schedule", choices=SCHEDULES, default=sgd.schedule, help="sgd")
+    add_config_flags(p, HeadOptions, only=("method", "holdout", "hidden"))
+    add_config_flags(p, SgdOptions, exclude=("seed",))
     add_common(p)
     p.set_defaults(func=cmd_fit_head)
 
@@ -172,29 +152,8 @@ def add_commands(sub: Any) -> None:
     _cache_flags(p, "--head-init cache: cache root directory or an existing cache")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--head-lr", type=float, help="head learning rate; default: the recipe's lr")
-    p.add_argument("--trunk-lr", type=float, help="trunk learning rate; default 0.2 x head-lr")
-    p.add_argument("--freeze-epochs", type=int, default=0,
-                   help="epochs training the head only before the trunk is unfrozen")
-    p.add_argument("--unfreeze", choices=UNFREEZE, default="all",
-                   help="after the frozen epochs: the whole trunk, or one stage per epoch from "
-                        "the deepest")
-    p.add_argument("--train-bn", action=argparse.BooleanOptionalAction, default=False,
-                   help="let batch norm layers of frozen stages train")
-    p.add_argument("--head-init", choices=HEAD_INITS, default="auto",
-                   help="auto: keep the head if the classes are unchanged, else a fresh "
-                        "classifier; cache: fit a ridge head on the feature cache first")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--schedule", choices=SCHEDULES)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--precision", choices=PRECISIONS)
-    p.add_argument("--val-split", type=float)
-    p.add_argument("--crop-padding", type=int)
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--cutout", type=int)
+    add_config_flags(p, TrainConfig, only=FINETUNE_CONFIG)
+    add_config_flags(p, FinetuneOptions)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_common(p)
     p.set_defaults(func=cmd_finetune)

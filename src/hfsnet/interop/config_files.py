@@ -14,6 +14,7 @@ from typing import Any
 
 from hfsnet.errors import HfsnetError
 from hfsnet.train.config import ConfigError, TrainConfig, checked_fields
+from hfsnet.train.options import value_problem
 
 SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}
 
@@ -55,7 +56,7 @@ def _parse(path: Path, kind: str, text: str) -> Any:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The file's mapping, with keys and value types checked against ``TrainConfig``."""
+    """The file's mapping, with keys, value types and ranges checked against ``TrainConfig``."""
     path = Path(path)
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
@@ -72,6 +73,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigFileError(f"--config {path}: expected a mapping of config keys, got "
                               f"{type(values).__name__}")
     try:
-        return checked_fields(TrainConfig, values)
+        checked = checked_fields(TrainConfig, values)
     except ConfigError as err:
         raise ConfigError(f"--config {path}: {err}") from None
+    for key, value in checked.items():
+        problem = value_problem(TrainConfig, key, value)
+        if problem:
+            raise ConfigError(f"--config {path}: config key {key!r} {problem}, got {value!r}")
+    return checked

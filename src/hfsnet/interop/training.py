@@ -10,7 +10,7 @@ config file, command-line flags. ``--model-opt`` and ``--share-layers`` update t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +40,18 @@ def prepare_run(model: str | None, *, resume: str | None, log: str) -> None:
         register_user_model(model)
 
 
-def train_config(config_file: str | Path | None, recipe: str | None = None, *,
-                 share_layers: Sequence[str] | None = None, **flags: Any) -> TrainConfig:
-    """The run's config from an optional file and the command-line ``flags`` (None = not given).
+def train_config(config_file: str | Path | None, recipe: str | None = None,
+                 flags: Mapping[str, Any] | None = None, *,
+                 share_layers: Sequence[str] | None = None) -> TrainConfig:
+    """The run's config from an optional file and the command-line ``flags``: field values of
+    the flags that were given (a None value counts as not given).
 
     A user network (``model`` of the form ``module.path:factory``) is imported and registered
     here, so the trainer builds it through the registry like any other model.
     """
     values = read_config_file(config_file) if config_file else {}
     file_recipe = values.pop("recipe", None)
+    flags = dict(flags or {})
     options = {**values.get("model_options", {}), **(flags.pop("model_options", None) or {})}
     if share_layers:
         options["share_layers"] = list(share_layers)
@@ -63,15 +66,15 @@ def train_config(config_file: str | Path | None, recipe: str | None = None, *,
 
 
 def train_with_log(config: TrainConfig, out_dir: str | Path, *, log: str = "none",
-                   progress: bool = True) -> TrainResult:
+                   progress: bool = True, overwrite: bool = False) -> TrainResult:
     """``hfsnet.train.train``, with TensorBoard logs in ``out_dir/tensorboard`` when ``log`` is
-    "tensorboard"."""
+    "tensorboard"; ``overwrite`` replaces a run already in ``out_dir``."""
     if log not in LOG_KINDS:
         raise LogError(f"--log must be one of {LOG_KINDS}, got {log!r}")
     if log == "none":
-        return train(config, out_dir, progress=progress)
+        return train(config, out_dir, progress=progress, overwrite=overwrite)
     summary_writer_class()  # fail before loading data when tensorboard is missing
-    trainer = fresh_trainer(config, out_dir, progress=progress)
+    trainer = fresh_trainer(config, out_dir, progress=progress, overwrite=overwrite)
     logger = TensorBoardLogger(trainer, Path(out_dir) / LOG_DIR)
     try:
         result = trainer.fit()

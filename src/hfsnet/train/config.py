@@ -5,12 +5,21 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hfsnet.errors import HfsnetError
+from hfsnet.train.options import (
+    FRACTION,
+    SEEDS,
+    Range,
+    above,
+    at_least,
+    option,
+    validate_fields,
+)
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 SCHEDULES = ("constant", "cosine", "onecycle")
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -21,93 +30,92 @@ class ConfigError(HfsnetError):
     """A configuration value out of range; the message names the flag."""
 
 
+# No lower bound suits every model (the hfs-air nets need 9 px, seed-cnn is built for one size):
+# these refuse typos like --image-size 1 or 32000, the model itself refuses the rest.
+IMAGE_SIZES = Range(8, 4096)
+
+
 @dataclass
 class TrainConfig:
-    """Everything that decides a training run. Saved in every run directory and checkpoint."""
+    """Everything that decides a training run. Saved in every run directory and checkpoint.
 
-    model: str = "hfs-seed"
-    model_options: dict[str, Any] = field(default_factory=dict)
-    data: str = ""
-    val_split: float = 0.0
-    limit_train: int | None = None
-    image_size: int | None = None
-    skip_bad: bool = False  # leave unreadable image files out (and report them) instead of failing
-    recipe: str = "default"
-    epochs: int = 3
-    batch_size: int = 64
-    eval_batch_size: int = 500
-    optimizer: str = "adamw"
+    Each field's ``option`` gives its flag of ``hfsnet train``, help text and accepted values.
+    """
+
+    model: str = option("hfs-seed", help="registered model name (see `hfsnet models`), or "
+                        "module.path:factory for your own network (with --share-layers)")
+    # --model-opt fills it; option() is a dataclasses.field
+    model_options: dict[str, Any] = option(default_factory=dict, flag=False)  # noqa: RUF009
+    data: str = option("", help="dataset spec; default $HFSNET_DATA")
+    val_split: float = option(0.0, check=FRACTION,
+                              help="fraction of train held out, fixed seed")
+    limit_train: int | None = option(None, check=at_least(1), metavar="N",
+                                     help="stratified subset of N training images")
+    image_size: int | None = option(None, check=IMAGE_SIZES, metavar="SIZE",
+                                    help="resize images to SIZE x SIZE (8 to 4096)")
+    skip_bad: bool = option(False, help="skip unreadable image files (reported) instead of "
+                            "failing")
+    recipe: str = option("default", flag=False)  # its own flag: it picks the defaults
+    epochs: int = option(3, check=at_least(1), help="passes over the training set")
+    batch_size: int = option(64, check=at_least(1), help="images per optimizer step")
+    eval_batch_size: int = option(500, check=at_least(1), flag=False)
+    optimizer: str = option("adamw", choices=OPTIMIZERS)
     # lr and crops tuned for the short default run (hfs-seed, 3 epochs): on a 10k-image proxy
     # no crops and lr 4e-3 gave 45.6% vs 36.9% for 4 px crops and 2e-3 (longer recipes add crops).
-    lr: float = 4e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    warmup_fraction: float = 0.15  # of all steps; onecycle ramps up over this share
-    label_smoothing: float = 0.0
-    crop_padding: int = 0  # px of zero padding for random crops; 0 = no crops
-    flip: bool = True
-    cutout: int = 0  # side of the square cut out, px; 0 = off
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "bf16"
-    channels_last: bool = True
-    track_test: bool = True  # evaluate the test set after every epoch (for learning curves)
-    checkpoint_every: int = 0  # also checkpoint every N optimizer steps; 0 = epoch ends only
-    keep_last: int = 2  # step checkpoints kept in <run>/checkpoints
-    nonfinite: str = "stop"  # NaN/Inf loss or gradient: "stop" the run, or "skip" the step
-    deterministic: bool = False  # torch deterministic algorithms (bit-exact resume on CPU)
-    sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch
-    ema_decay: float = 0.0  # evaluate an exponential moving average of the weights; 0 = off
-    tta_flip: bool = False  # evaluation averages the logits of each image and its mirror image
-    tta_translate: bool = False  # evaluation also averages views shifted by 1 px (x2 the cost)
-    # Learning-rate multiplier of 1-D parameters (norm shifts, biases). Nets whose norm scales
-    # are frozen (hfs-air) train the shifts much faster than the weights (airbench: 64x).
-    norm_lr_scale: float = 1.0
-    # Lookahead: every N steps, move a slow copy of the weights towards the fast ones and reset
-    # the fast ones to it (Zhang et al. 2019; airbench's cubic schedule); 0 = off.
-    lookahead_every: int = 0
-    # Derandomised flips: every image is mirrored in alternate epochs, from a random start
-    # (airbench): each epoch sees the view the previous one did not.
-    alternate_flips: bool = False
-    threads: int = 0  # torch intra-op threads; 0 = torch's default (one per core)
+    lr: float = option(4e-3, check=above(0), help="peak learning rate")
+    momentum: float = option(0.9, check=FRACTION, help="SGD momentum (Nesterov)")
+    weight_decay: float = option(5e-4, check=at_least(0), help="not applied to norms and biases")
+    schedule: str = option("onecycle", choices=SCHEDULES)
+    warmup_fraction: float = option(0.15, check=FRACTION, metavar="F",
+                                    help="share of the steps the schedule warms up over")
+    label_smoothing: float = option(0.0, check=FRACTION)
+    crop_padding: int = option(0, check=at_least(0), help="random-crop padding in px (0: off)")
+    flip: bool = option(True, help="random horizontal flips")
+    cutout: int = option(0, check=at_least(0), help="cutout square side in px (0: off)")
+    seed: int = option(0, check=SEEDS, help="every random draw of the run follows from it")
+    device: str = option("auto", choices=DEVICES)
+    precision: str = option("bf16", choices=PRECISIONS, help="bf16 autocasts on CPU too")
+    channels_last: bool = option(True, help="NHWC memory layout (faster convolutions on CPU "
+                                 "and GPU)")
+    # evaluate the test set after every epoch (for learning curves)
+    track_test: bool = option(True, flag=False)
+    checkpoint_every: int = option(0, check=at_least(0), metavar="STEPS",
+                                   help="also checkpoint every STEPS optimizer steps (default: "
+                                   "epoch ends)")
+    keep_last: int = option(2, check=at_least(1), metavar="K",
+                            help="step checkpoints kept in <run>/checkpoints (default 2)")
+    nonfinite: str = option("stop", choices=NONFINITE,
+                            help="on a NaN/Inf loss or gradient: stop (default) or skip the step")
+    deterministic: bool = option(False, help="deterministic algorithms, for bit-exact resume "
+                                 "(on the CPU)")
+    sync_bn: bool = option(False, help="with several processes: batch-norm statistics over the "
+                           "global batch")
+    ema_decay: float = option(0.0, check=FRACTION, metavar="D",
+                              help="evaluate a moving average of the weights (0: off)")
+    tta_flip: bool = option(False, help="evaluation averages each image with its mirror "
+                            "(--no-tta-flip also turns off the translations)")
+    tta_translate: bool = option(False, help="with --tta-flip: also average copies shifted by "
+                                 "1 px (6 views, x2 the cost)")
+    # Nets whose norm scales are frozen (hfs-air) train the shifts much faster than the weights
+    # (airbench: 64x).
+    norm_lr_scale: float = option(1.0, check=above(0), metavar="S",
+                                  help="learning-rate multiplier of norm shifts and biases")
+    # Zhang et al. 2019; airbench's cubic schedule.
+    lookahead_every: int = option(0, check=at_least(0), metavar="N",
+                                  help="lookahead: every N steps, pull the weights to a slow "
+                                  "average and restart from it (0: off)")
+    # Derandomised flips (airbench): each epoch sees the view the previous one did not.
+    alternate_flips: bool = option(False, help="mirror each image in alternate epochs, from a "
+                                   "random start, instead of at random")
+    threads: int = option(0, check=at_least(0), metavar="N",
+                          help="torch threads per process (default: one per core; 1 is faster "
+                          "when other jobs load the machine)")
 
     def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, "--epochs must be >= 1", self.epochs),
-            (self.batch_size >= 1, "--batch-size must be >= 1", self.batch_size),
-            (self.eval_batch_size >= 1, "--eval-batch-size must be >= 1", self.eval_batch_size),
-            (self.lr > 0, "--lr must be > 0", self.lr),
-            (self.weight_decay >= 0, "--weight-decay must be >= 0", self.weight_decay),
-            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)",
-             self.label_smoothing),
-            (0 <= self.val_split < 1, "--val-split must be in [0, 1)", self.val_split),
-            (self.limit_train is None or self.limit_train > 0, "--limit-train must be > 0",
-             self.limit_train),
-            (self.crop_padding >= 0, "--crop-padding must be >= 0", self.crop_padding),
-            (self.cutout >= 0, "--cutout must be >= 0", self.cutout),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}",
-             self.optimizer),
-            (self.schedule in SCHEDULES, f"--schedule must be one of {SCHEDULES}", self.schedule),
-            (self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}",
-             self.precision),
-            (self.device in DEVICES, f"--device must be one of {DEVICES}", self.device),
-            (0 <= self.warmup_fraction < 1, "--warmup-fraction must be in [0, 1)",
-             self.warmup_fraction),
-            (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0",
-             self.checkpoint_every),
-            (self.keep_last >= 1, "--keep-last must be >= 1", self.keep_last),
-            (0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1)", self.ema_decay),
-            (self.threads >= 0, "--threads must be >= 0", self.threads),
-            (self.norm_lr_scale > 0, "--norm-lr-scale must be > 0", self.norm_lr_scale),
-            (self.lookahead_every >= 0, "--lookahead-every must be >= 0",
-             self.lookahead_every),
-            (self.nonfinite in NONFINITE, f"--nonfinite must be one of {NONFINITE}",
-             self.nonfinite),
-        ]
-        for ok, message, value in checks:
-            if not ok:
-                raise ConfigError(f"{message}, got {value!r}")
+        validate_fields(self, ConfigError)
+        if self.optimizer == "sgd" and self.momentum == 0:
+            raise ConfigError("--momentum must be > 0 with --optimizer sgd (Nesterov momentum), "
+                              f"got {self.momentum!r}")
         if self.tta_translate and not self.tta_flip:
             raise ConfigError("--tta-translate averages shifted mirror pairs: it needs --tta-flip "
                               "(or add --no-tta-translate)")

@@ -10,12 +10,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from hfsnet.errors import HfsnetError
+
+
+class DeviceError(HfsnetError):
+    """A device that this machine does not have."""
+
 
 def resolve_device(kind: str) -> torch.device:
     if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        raise DeviceError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     return torch.device(kind)
 
 

@@ -14,14 +14,14 @@ from typing import Any
 from torch import nn
 
 from hfsnet.data import DataSplits
-from hfsnet.errors import HfsnetError
 from hfsnet.models import FeatureClassifier
+from hfsnet.models.level_head import install_head
 from hfsnet.train.config import ConfigError, TrainConfig
 from hfsnet.train.loop import Trainer, TrainResult
 from hfsnet.train.optim import ParamGroup
+from hfsnet.train.options import above, at_least, option, validate_fields
 from hfsnet.train.runtime import seed_everything
 from hfsnet.transfer.fit import HeadOptions, cache_for, fit_cached_head
-from hfsnet.transfer.head import install_head
 from hfsnet.transfer.source import Source, for_trunk
 
 TRUNK_LR_RATIO = 0.2  # the seed's fine-tuning rate: 0.2 x the head's
@@ -39,12 +39,18 @@ class FinetuneOptions:
     on the trunk's feature cache of the new data (under ``cache``) before training.
     """
 
-    head_lr: float | None = None
-    trunk_lr: float | None = None
-    freeze_epochs: int = 0
-    unfreeze: str = "all"
-    train_bn: bool = False
-    head_init: str = "auto"
+    head_lr: float | None = option(None, check=above(0),
+                                   help="head learning rate; default: the recipe's lr")
+    trunk_lr: float | None = option(None, check=above(0), help="trunk learning rate; default "
+                                    "0.2 x head-lr (to keep the trunk fixed: --freeze-epochs)")
+    freeze_epochs: int = option(0, check=at_least(0), help="epochs training the head only "
+                                "before the trunk is unfrozen (at most --epochs)")
+    unfreeze: str = option("all", choices=UNFREEZE, help="after the frozen epochs: the whole "
+                           "trunk, or one stage per epoch from the deepest")
+    train_bn: bool = option(False, help="let batch norm layers of frozen stages train")
+    head_init: str = option("auto", choices=HEAD_INITS, help="auto: keep the head if the "
+                            "classes are unchanged, else a fresh classifier; cache: fit a ridge "
+                            "head on the feature cache first")
     cache: Path | None = None  # default: feature-cache/ beside the source checkpoint
     head: HeadOptions = field(default_factory=HeadOptions)
 
@@ -53,40 +59,16 @@ class FinetuneOptions:
         return head_lr, self.trunk_lr if self.trunk_lr is not None else TRUNK_LR_RATIO * head_lr
 
     def validate(self, config: TrainConfig) -> None:
-        head_lr, trunk_lr = self.rates(config)
-        checks = [
-            (head_lr > 0, "--head-lr must be > 0", head_lr),
-            (trunk_lr > 0, "--trunk-lr must be > 0 (freeze with --freeze-epochs)", trunk_lr),
-            (0 <= self.freeze_epochs <= config.epochs,
-             f"--freeze-epochs must be in [0, --epochs={config.epochs}]", self.freeze_epochs),
-            (self.unfreeze in UNFREEZE, f"--unfreeze must be one of {UNFREEZE}", self.unfreeze),
-            (self.head_init in HEAD_INITS, f"--head-init must be one of {HEAD_INITS}",
-             self.head_init),
-        ]
-        for ok, message, value in checks:
-            if not ok:
-                raise ConfigError(f"{message}, got {value!r}")
+        validate_fields(self, ConfigError)
+        if self.freeze_epochs > config.epochs:
+            raise ConfigError(f"--freeze-epochs must be in [0, --epochs={config.epochs}], got "
+                              f"{self.freeze_epochs!r}")
 
 
 def param_groups(model: FeatureClassifier, head_lr: float, trunk_lr: float) -> list[ParamGroup]:
     """The head and the trunk as two optimizer groups with their own base learning rates."""
     return [ParamGroup("head", model.head_parameters(), head_lr),
             ParamGroup("trunk", model.trunk_parameters(), trunk_lr)]
-
-
-def stage_modules(model: FeatureClassifier) -> list[list[nn.Module]]:
-    """The trunk's modules per stage, shallowest first; modules before the stages (a stem) count
-    as part of the first stage. The stages are the model's one ``ModuleList`` child holding one
-    module per level of ``forward_features``."""
-    n = len(model.stage_channels())
-    children = [m for m in model.children() if m is not model.head]
-    lists = [m for m in children if isinstance(m, nn.ModuleList) and len(m) == n]
-    if len(lists) != 1:
-        raise HfsnetError(f"--unfreeze gradual: cannot tell the {n} stages of model "
-                          f"{model.model_name!r} apart; use --unfreeze all")
-    stages: list[list[nn.Module]] = [[m] for m in lists[0]]
-    stages[0] = [m for m in children if m is not lists[0]] + stages[0]
-    return stages
 
 
 class FreezeSchedule:
@@ -100,8 +82,10 @@ class FreezeSchedule:
 
     def __init__(self, model: FeatureClassifier, freeze_epochs: int, unfreeze: str = "all",
                  train_bn: bool = False) -> None:
-        self.stages = stage_modules(model) if unfreeze == "gradual" else [
-            [m for m in model.children() if m is not model.head]]
+        stages = model.stage_modules()
+        # "all" unfreezes the trunk as one group: the stages' modules together, so what share()
+        # froze (in no stage) stays frozen.
+        self.stages = stages if unfreeze == "gradual" else [[m for s in stages for m in s]]
         self.freeze_epochs = freeze_epochs
         self.unfreeze = unfreeze
         self.train_bn = train_bn

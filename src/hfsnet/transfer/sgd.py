@@ -10,11 +10,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hfsnet.train.config import OPTIMIZERS, SCHEDULES
+from hfsnet.models.head import LevelHead
+from hfsnet.train.config import TrainConfig
 from hfsnet.train.optim import ParamGroup, build_optimizer, set_lr_factor
+from hfsnet.train.options import option_like, validate_fields
 from hfsnet.train.schedule import lr_factor
 from hfsnet.transfer.errors import CacheError
-from hfsnet.transfer.head import LevelHead, fold_standardization
+from hfsnet.transfer.head import fold_standardization
 from hfsnet.transfer.stats import column_stats
 from hfsnet.transfer.threads import single_thread
 
@@ -24,28 +26,17 @@ class SgdOptions:
     """Defaults tuned on CIFAR-10 transfer caches: at 100 images per class, batch 256 at lr 2e-3
     left the head under-trained (54% vs 62% test accuracy with batch 64 at lr 1e-2)."""
 
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-2
-    weight_decay: float = 1e-4
-    optimizer: str = "adamw"
-    schedule: str = "cosine"
-    seed: int = 0
+    epochs: int = option_like(TrainConfig, "epochs", 30, help="sgd: passes over the cache")
+    batch_size: int = option_like(TrainConfig, "batch_size", 64,
+                                  help="sgd: descriptors per step")
+    lr: float = option_like(TrainConfig, "lr", 1e-2, help="sgd: learning rate")
+    weight_decay: float = option_like(TrainConfig, "weight_decay", 1e-4, help="sgd")
+    optimizer: str = option_like(TrainConfig, "optimizer", "adamw", help="sgd")
+    schedule: str = option_like(TrainConfig, "schedule", "cosine", help="sgd")
+    seed: int = option_like(TrainConfig, "seed", 0)
 
     def validate(self) -> None:
-        checks = [
-            (self.epochs >= 1, "--epochs must be >= 1", self.epochs),
-            (self.batch_size >= 1, "--batch-size must be >= 1", self.batch_size),
-            (self.lr > 0, "--lr must be > 0", self.lr),
-            (self.weight_decay >= 0, "--weight-decay must be >= 0", self.weight_decay),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {OPTIMIZERS}",
-             self.optimizer),
-            (self.schedule in SCHEDULES, f"--schedule must be one of {SCHEDULES}",
-             self.schedule),
-        ]
-        for ok, message, value in checks:
-            if not ok:
-                raise CacheError(f"{message}, got {value!r}")
+        validate_fields(self, CacheError)
 
 
 @dataclass
@@ -56,7 +47,9 @@ class SgdFit:
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    # modulo 2**64: torch takes 64-bit seeds, the flag up to 2**63 - 1
+    key = (seed * 100_003 + epoch) % 2**64
+    return torch.randperm(n, generator=torch.Generator().manual_seed(key))
 
 
 Batch = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
