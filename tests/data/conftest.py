@@ -232,3 +232,24 @@ def png_claiming() -> Callable[[int, int], bytes]:
         return bytes(data)
 
     return make
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png16(samples: np.ndarray) -> bytes:
+    """A 16-bit PNG written byte by byte (Pillow cannot write 16-bit colour): ``samples`` is
+    H x W (gray), H x W x 2 (gray + alpha), x 3 (RGB) or x 4 (RGBA) of values 0..65535."""
+    channels = 1 if samples.ndim == 2 else samples.shape[2]
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    height, width = samples.shape[:2]
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in samples)  # filter 0: none
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def png16() -> Callable[[np.ndarray], bytes]:
+    return _png16

@@ -113,7 +113,7 @@ def test_interrupted_cache_write_is_never_used(tree, cache_dir, monkeypatch) -> 
     meta.unlink()  # as if the process died before the last file was renamed into place
     load_dataset(str(tree), cache_dir=cache_dir)
     assert len(calls) == 2
-    assert not list(cache_dir.rglob("*.part"))
+    assert not list(cache_dir.rglob("*.tmp"))
 
 
 def test_digest_changes_when_a_file_changes(tree, cache_dir, monkeypatch) -> None:

@@ -16,9 +16,12 @@ from .safe_pickle import safe_loads
 
 PIXELS = 3 * 32 * 32  # one row of b"data": the R, G and B planes, each 32 x 32 row-major
 
-# What a malformed pickle raises besides UnpicklingError (refused globals included).
+# What a malformed pickle raises besides UnpicklingError (refused globals included). The
+# unpickler allocates a bytes object of the length an opcode claims before reading it, so a
+# lying length shows up as MemoryError or OverflowError; the file itself is bounded in size
+# (hfsnet.data.archive.MAX_MEMBER_BYTES) before it is read.
 BAD_PICKLE = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-              KeyError)
+              KeyError, MemoryError, OverflowError)
 
 
 @dataclass(frozen=True)
@@ -72,14 +75,15 @@ Batch = tuple[np.ndarray, np.ndarray]  # images N x 3 x 32 x 32, labels N
 
 
 def _read_files(path: Path, fmt: CifarFormat) -> Blobs:
-    if path.is_dir():
-        return {name: (str(path / name), (path / name).read_bytes()) for name in fmt.files}
-    members = {f"{fmt.folder}/{name}": name for name in fmt.files}
+    """The bytes of every file of ``fmt``, each bounded in size before it is read."""
+    prefix = "" if path.is_dir() else f"{fmt.folder}/"
+    members = {f"{prefix}{name}": name for name in fmt.files}
     blobs = {members[entry.path]: (display_path(path, entry.path), entry.data)
              for entry in iter_entries(path, members.__contains__) if entry.data is not None}
     missing = sorted(member for member, name in members.items() if name not in blobs)
     if missing:
-        raise DataError(f"{path}: not the official {fmt.name} python archive; missing {missing}")
+        kind = "files" if path.is_dir() else "archive"
+        raise DataError(f"{path}: not the official {fmt.name} python {kind}; missing {missing}")
     return blobs
 
 
@@ -109,9 +113,17 @@ def _batch(blobs: Blobs, name: str, labels_key: bytes, num_classes: int) -> Batc
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
             and data.shape[1] == PIXELS):
         raise DataError(f"{where}: expected b'data' as a uint8 array of N x {PIXELS}")
-    if not isinstance(labels, list) or len(labels) != len(data):
-        raise DataError(f"{where}: expected {labels_key!r} as a list of {len(data)} labels")
-    labels = np.asarray(labels, dtype=np.int64)
+    if len(data) == 0:
+        raise DataError(f"{where}: b'data' holds no images")
+    if (not isinstance(labels, list) or len(labels) != len(data)
+            or not all(isinstance(label, int | np.integer) for label in labels)):
+        raise DataError(f"{where}: expected {labels_key!r} as a list of {len(data)} integer "
+                        "labels")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except OverflowError as err:
+        raise DataError(f"{where}: a label in {labels_key!r} is out of range for {num_classes} "
+                        "classes (beyond 64 bits)") from err
     check_labels(labels, num_classes, where)
     return data.reshape(-1, 3, 32, 32), labels
 

@@ -16,3 +16,15 @@ def listing(items: list[str], limit: int = 10) -> str:
     shown = "; ".join(items[:limit])
     rest = len(items) - limit
     return f"{shown}; and {rest} more" if rest > 0 else shown
+
+
+def human_bytes(count: int) -> str:
+    """A byte count for a message: ``512 bytes``, ``4.0 KiB``, ``256.0 MiB``, ``6.0 GiB``."""
+    if count < 1024:
+        return f"{count} bytes"
+    value = float(count)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from hfsnet.fsutil import WriteError
+
 from .cache import cache_key, default_cache_dir, load_cached, save_cached
 from .errors import DataError, listing
 from .imageset import DataSplits, Decoded
@@ -26,17 +28,19 @@ def load_dataset(spec: str, *, cache_dir: str | Path | None = None, val_split: f
     folder with the four MNIST-style IDX files. Decoded images are cached under ``cache_dir``
     (default ``$HFSNET_CACHE`` or ``~/.cache/hfsnet``), keyed by the source's content digest.
 
-    ``val_split`` carves a stratified validation set out of train, then ``limit_train`` keeps a
-    stratified subset of the rest; both are drawn from ``seed``. ``image_size`` resizes every
-    image to that square side. Unreadable image files raise DataError unless ``skip_bad``, which
-    leaves them out with a warning. ``download`` allows fetching a known dataset not found
-    locally.
+    ``val_split`` carves a stratified validation set out of train (every class keeps at least one
+    training image), then ``limit_train`` keeps a stratified subset of the rest; both are drawn
+    from ``seed``. ``image_size`` resizes every image to that square side. Unreadable image files
+    raise DataError unless ``skip_bad``, which leaves them out with a warning. A dataset with a
+    single class loads with a warning: a classifier trained on it can only answer that class.
+    ``download`` allows fetching a known dataset not found locally.
     """
     _check_options(val_split, limit_train, image_size)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     source = resolve_source(spec, cache_root, download)
     decoded = _decode_cached(source, cache_root, image_size)
     _judge_bad_files(decoded.bad, skip_bad)
+    _warn_single_class(spec, decoded.train.classes)
     generator = torch.Generator().manual_seed(seed)
     train, val = decoded.train, None
     if val_split > 0:
@@ -61,9 +65,10 @@ def _decode_cached(source: Source, cache_dir: Path, image_size: int | None) -> D
     decoded = load_cached(cache_dir, key)
     if decoded is None:
         decoded = source.read(image_size)
+        # A read-only or full cache only costs the next load a decode.
         try:
             save_cached(cache_dir, key, decoded)
-        except OSError as err:  # a read-only or full cache only costs the next load a decode
+        except (OSError, WriteError) as err:
             warnings.warn(f"could not cache the decoded {source.name} in {cache_dir}: {err}",
                           stacklevel=3)
     return decoded
@@ -76,6 +81,13 @@ def _judge_bad_files(bad: list[str], skip_bad: bool) -> None:
         raise DataError(f"{len(bad)} unreadable image file(s): {listing(bad)}; remove or replace "
                         "them, or skip them (--skip-bad)")
     warnings.warn(f"skipped {len(bad)} unreadable image file(s): {listing(bad)}", stacklevel=3)
+
+
+def _warn_single_class(spec: str, classes: list[str]) -> None:
+    if len(classes) == 1:
+        warnings.warn(f"--data {spec}: only one class ({classes[0]!r}); a classifier trained on "
+                      "it answers that class for every image (expected two or more class "
+                      "folders)", stacklevel=3)
 
 
 def data_spec(value: str | None) -> str:
