@@ -3,17 +3,14 @@ import json
 import pytest
 import torch
 
-from hfsnet.models import create_model
 from hfsnet.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from hfsnet.train.optim import ParamGroup, build_optimizer
-
-META = {"classes": ["a", "b"], "in_channels": 3, "image_size": [16, 16], "mean": [0.5] * 3,
-        "std": [0.25] * 3}
+from tests.helpers import CHECKPOINT_META, tiny_hfs
 
 
 def trained_pair():
     torch.manual_seed(0)
-    model = create_model("hfs", num_classes=2, stages=(1, 1), growth=4, stem=8)
+    model = tiny_hfs()
     opt = build_optimizer([ParamGroup("all", list(model.parameters()), 0.01)], "adamw",
                           weight_decay=1e-4)
     x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 0, 1])
@@ -25,7 +22,7 @@ def trained_pair():
 def test_round_trip_restores_weights_and_optimizer(tmp_path):
     model, opt, x = trained_pair()
     path = tmp_path / "ck.safetensors"
-    save_checkpoint(path, model, META, optimizer=opt)
+    save_checkpoint(path, model, CHECKPOINT_META, optimizer=opt)
     ckpt = load_checkpoint(path)
     assert ckpt.meta["classes"] == ["a", "b"] and ckpt.meta["model"] == "hfs"
     rebuilt = ckpt.build_model().eval()
@@ -41,7 +38,7 @@ def test_round_trip_restores_weights_and_optimizer(tmp_path):
 
 def test_run_directory_resolves_to_its_checkpoint(tmp_path):
     model, _, _ = trained_pair()
-    save_checkpoint(tmp_path / "checkpoint.safetensors", model, META)
+    save_checkpoint(tmp_path / "checkpoint.safetensors", model, CHECKPOINT_META)
     assert load_checkpoint(tmp_path).path.name == "checkpoint.safetensors"
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing")
@@ -50,7 +47,7 @@ def test_run_directory_resolves_to_its_checkpoint(tmp_path):
 def test_bit_flip_is_detected(tmp_path):
     model, _, _ = trained_pair()
     path = tmp_path / "ck.safetensors"
-    save_checkpoint(path, model, META)
+    save_checkpoint(path, model, CHECKPOINT_META)
     data = bytearray(path.read_bytes())
     data[-5] ^= 0x10  # inside the last tensor's bytes
     path.write_bytes(bytes(data))
@@ -69,7 +66,7 @@ def test_garbage_is_refused_with_the_file_name(tmp_path, payload):
 def test_unknown_model_name_in_metadata_is_refused(tmp_path):
     model, _, _ = trained_pair()
     path = tmp_path / "ck.safetensors"
-    save_checkpoint(path, model, META)
+    save_checkpoint(path, model, CHECKPOINT_META)
     ckpt = load_checkpoint(path)
     ckpt.meta["model"] = "os.system"
     with pytest.raises(CheckpointError, match="unknown model 'os.system'"):

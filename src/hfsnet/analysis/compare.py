@@ -126,8 +126,9 @@ def ensure_run(config: TrainConfig, run_dir: Path, *, progress: bool,
             return resume(run_dir, progress=progress).to_dict()
         except CheckpointError:
             log(f"no usable checkpoint in {run_dir}; training it from the start")
-    else:
-        log(f"training {config.model} (seed {config.seed}) in {run_dir}")
+        # the same config, never finished: replacing its remains loses nothing
+        return train(config, run_dir, progress=progress, overwrite=True).to_dict()
+    log(f"training {config.model} (seed {config.seed}) in {run_dir}")
     return train(config, run_dir, progress=progress).to_dict()
 
 

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hfsnet.data import AugmentConfig, BatchLoader, DataSplits
 from hfsnet.errors import HfsnetError
+from hfsnet.fsutil import atomic_write_bytes
 from hfsnet.models import FeatureClassifier
 from hfsnet.models.base import count_params
 from hfsnet.train.checkpoint import Checkpoint, CheckpointStore, data_meta
@@ -26,6 +27,17 @@ from hfsnet.train.ema import Lookahead, WeightAverage
 from hfsnet.train.evaluate import EvalResult, evaluate
 from hfsnet.train.optim import ParamGroup, build_optimizer, fused, set_lr_factor
 from hfsnet.train.progress import Progress
+from hfsnet.train.rundir import (
+    TENSORBOARD_DIR,
+    RunLock,
+    check_belongs,
+    new_run_id,
+    read_run_id,
+    refuse_existing_run,
+    remove_run,
+    run_files,
+    write_run_id,
+)
 from hfsnet.train.runtime import autocast, resolve_device, rng_state, set_rng_state
 from hfsnet.train.schedule import lr_factor
 from hfsnet.train.signals import GracefulStop
@@ -54,10 +66,11 @@ EpochHook = Callable[["Trainer", int], None]
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM stopped the run after a resumable checkpoint was saved."""
 
-    def __init__(self, signum: int, checkpoint: Path) -> None:
-        super().__init__(f"stopped by signal {signum}; resume with --resume {checkpoint.parent}")
+    def __init__(self, signum: int, checkpoint: Path, run_dir: Path) -> None:
+        super().__init__(f"stopped by signal {signum}; resume with --resume {run_dir}")
         self.signum = signum
         self.checkpoint = checkpoint
+        self.run_dir = run_dir
 
     @property
     def exit_code(self) -> int:
@@ -81,6 +94,22 @@ class EpochTally:
     skipped: int = 0  # steps dropped for non-finite values under the ``skip`` policy
 
 
+@torch.no_grad()
+def _match_param_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (exp_avg, momentum_buffer, ...) its parameter's
+    memory layout.
+
+    ``load_state_dict`` keeps the layout of the loaded tensors, which a checkpoint stores
+    contiguous (NCHW), while a channels-last model's parameters are NHWC. The fused kernels
+    walk parameter, gradient and state memory in step, so mismatched strides pair the wrong
+    elements and a resumed run drifts from the uninterrupted one."""
+    for param, slots in optimizer.state.items():
+        for key, value in slots.items():
+            if (isinstance(value, torch.Tensor) and value.shape == param.shape
+                    and value.stride() != param.stride()):
+                slots[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 class Trainer:
     """Owns the model, optimizer and loader of one run; ``fit`` runs the remaining steps.
 
@@ -88,11 +117,15 @@ class Trainer:
     inside the current epoch and its running sums, and the RNG states. The data order and the
     augmentation of every batch are functions of (seed, epoch, step), and the schedule of the
     step, so nothing else is needed for a bit-identical continuation.
+
+    The run directory: ``fit`` takes its lock (``hfsnet.train.rundir``) and refuses one that
+    holds another run unless ``overwrite``; nothing in it changes before the run's first write
+    (a checkpoint or the first epoch's metrics), where an overwritten run's files are removed.
     """
 
     def __init__(self, config: TrainConfig, out_dir: Path, data: DataSplits,
                  model: FeatureClassifier, *, groups: list[ParamGroup] | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, overwrite: bool = False) -> None:
         self.config = config
         self.out_dir = out_dir
         self.data = data
@@ -140,6 +173,12 @@ class Trainer:
         # put modules back into eval mode or flip requires_grad here.
         self.epoch_hooks: list[EpochHook] = []
         self._stop: GracefulStop | None = None
+        self.run_id = new_run_id()  # ties every checkpoint to this run's directory
+        self.overwrite = overwrite
+        self.resumed = False
+        self._lock = RunLock(out_dir)
+        self._claimed = False  # whether this run has written to out_dir yet
+        self._files_at_start = run_files(out_dir)
 
     @property
     def global_step(self) -> int:
@@ -153,7 +192,7 @@ class Trainer:
             return finite
         raise NonFiniteError(
             f"non-finite loss or gradient at step {step} (epoch {self.epoch + 1}, batch "
-            f"{self.tally.step + 1}); the last good checkpoint is {self.store.latest} "
+            f"{self.tally.step + 1}); the last good checkpoint is {self._last_good()} "
             f"(try a lower --lr, or --nonfinite skip)")
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[float, int]:
@@ -209,7 +248,7 @@ class Trainer:
         signum = self._stop.signum if self._stop is not None else None
         if self.dist.any(signum is not None):  # every rank stops after the same step
             path = self.save()
-            raise TrainingInterrupted(signum or signal.SIGTERM, path)
+            raise TrainingInterrupted(signum or signal.SIGTERM, path, self.out_dir)
         if every and self.global_step % every == 0 and self.tally.step < len(self.loader):
             self.save()
 
@@ -250,7 +289,8 @@ class Trainer:
         bad = [k for k, v in state if v.is_floating_point() and not v.isfinite().all()]
         if bad:
             raise NonFiniteError(f"non-finite values in {bad[:3]} at step {self.global_step}; "
-                                 f"not saved, {self.store.latest} keeps the last good model")
+                                 f"not saved, {self._last_good()} keeps the last good model")
+        self._claim_run_dir()
         rng_plain, rng_tensors = rng_state()
         if self.average is not None:
             rng_tensors.update({f"ema.{k}": v for k, v in self.average.state_tensors().items()})
@@ -259,7 +299,7 @@ class Trainer:
                                 for k, v in self.lookahead.state_tensors().items()})
         meta = {**data_meta(self.data), "config": self.config.to_dict(), "epoch": self.epoch,
                 "tally": asdict(self.tally), "global_step": self.global_step,
-                "history": self.history, "rng": rng_plain}
+                "history": self.history, "rng": rng_plain, "run_id": self.run_id}
         return self.store.save(self.global_step, self.model, meta, optimizer=self.optimizer,
                                extra_tensors=rng_tensors)
 
@@ -268,6 +308,7 @@ class Trainer:
         weights = ckpt.section("model")
         self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(ckpt.optimizer_state())
+        _match_param_layouts(self.optimizer)
         self.epoch = ckpt.meta["epoch"]
         self.tally = EpochTally(**ckpt.meta["tally"])
         self.history = list(ckpt.meta["history"])
@@ -277,31 +318,80 @@ class Trainer:
         if self.lookahead is not None:
             self.lookahead.load_state_tensors(ckpt.section("extra.lookahead"))
         self.store.protected.add(ckpt.path.resolve())
+        # An id-less checkpoint predates run ids: the continued run gets a new one.
+        self.run_id = ckpt.meta.get("run_id") or self.run_id
+        self.resumed = True
+
+    def _last_good(self) -> Path | str:
+        """The checkpoint a failure leaves usable, for messages."""
+        if (self._claimed or self.resumed) and self.store.latest.exists():
+            return self.store.latest
+        return "none (nothing saved yet)"
+
+    def _open_run_dir(self) -> None:
+        """Take the run directory's lock and check that this run may write there."""
+        self._lock.acquire()
+        try:
+            if self.resumed:
+                newest = self.store.newest_valid()
+                if newest is not None:
+                    check_belongs(self.out_dir, newest.path, newest.meta.get("run_id"))
+            elif not self.overwrite:
+                refuse_existing_run(self.out_dir, self._earlier_run_files())
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _earlier_run_files(self) -> list[str]:
+        """The run files in out_dir that this run did not make: all of them, except a
+        tensorboard/ folder that appeared after the Trainer was built (a logger attached to the
+        Trainer opens it before ``fit``)."""
+        return [name for name in run_files(self.out_dir)
+                if name != TENSORBOARD_DIR or name in self._files_at_start]
+
+    def _claim_run_dir(self) -> None:
+        """Before this run's first write: remove the run it replaces, then write its identity
+        (run.json and config.json, atomically). Later calls do nothing."""
+        if self._claimed:
+            return
+        if not self.resumed:
+            remove_run(self.out_dir, self._earlier_run_files())  # empty without overwrite
+        self.store.clean_temporaries()
+        if read_run_id(self.out_dir) is None:
+            write_run_id(self.out_dir, self.run_id)
+        config_file = self.out_dir / "config.json"
+        if not (self.resumed and config_file.exists()):
+            atomic_write_bytes(config_file, json.dumps(self.config.to_dict(), indent=2).encode())
+        self._claimed = True
+
+    def _write_metrics(self) -> None:
+        """``metrics.jsonl``, one line per finished epoch, rewritten whole (atomically) from the
+        history: a resumed run's file matches its checkpoint even if the stopped run wrote a
+        line after its last save."""
+        self._claim_run_dir()
+        lines = "".join(json.dumps(row) + "\n" for row in self.history)
+        atomic_write_bytes(self.out_dir / "metrics.jsonl", lines.encode())
 
     def fit(self) -> TrainResult:
-        metrics = self.out_dir / "metrics.jsonl"
         if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.store.clean_temporaries()
-            (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(),
-                                                                 indent=2))
-            if self.epoch == 0 and self.tally.step == 0:
-                metrics.unlink(missing_ok=True)
-        with GracefulStop() as stop:
-            self._stop = stop
-            try:
-                for epoch in range(self.epoch, self.config.epochs):
-                    row = self._end_of_epoch(epoch, self._train_epoch(epoch))
-                    self.epoch, self.tally = epoch + 1, EpochTally()
-                    self.history.append(row)
-                    if self.dist.is_main:
-                        with metrics.open("a") as f:
-                            f.write(json.dumps(row) + "\n")
-                    self.save()
-                    self._report(row)
-            finally:
-                self._stop = None
-        return self.result()
+            self._open_run_dir()
+        try:
+            with GracefulStop() as stop:
+                self._stop = stop
+                try:
+                    for epoch in range(self.epoch, self.config.epochs):
+                        row = self._end_of_epoch(epoch, self._train_epoch(epoch))
+                        self.epoch, self.tally = epoch + 1, EpochTally()
+                        self.history.append(row)
+                        if self.dist.is_main:
+                            self._write_metrics()
+                        self.save()
+                        self._report(row)
+                finally:
+                    self._stop = None
+            return self.result()
+        finally:
+            self._lock.release()
 
     def _report(self, row: dict[str, Any]) -> None:
         if not (self.progress and self.dist.is_main):
@@ -326,5 +416,6 @@ class Trainer:
             history=self.history,
         )
         if self.dist.is_main:
-            (self.out_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+            atomic_write_bytes(self.out_dir / "result.json",
+                               json.dumps(result.to_dict(), indent=2).encode())
         return result

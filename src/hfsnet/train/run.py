@@ -13,6 +13,7 @@ from hfsnet.train.checkpoint import CheckpointError, CheckpointStore
 from hfsnet.train.config import TrainConfig
 from hfsnet.train.distributed import init_distributed
 from hfsnet.train.loop import Trainer, TrainResult
+from hfsnet.train.rundir import check_belongs, check_unlocked, refuse_existing_run, resolve_run_dir
 from hfsnet.train.runtime import resolve_device, seed_everything
 
 
@@ -37,18 +38,27 @@ def load_data(config: TrainConfig) -> DataSplits:
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None = None,
-          progress: bool = True) -> TrainResult:
-    """Train ``config.model`` on ``config.data`` (or ``data``); save the run to ``out_dir``."""
-    return fresh_trainer(config, out_dir, data=data, progress=progress).fit()
+          progress: bool = True, overwrite: bool = False) -> TrainResult:
+    """Train ``config.model`` on ``config.data`` (or ``data``); save the run to ``out_dir``,
+    which must not hold another run unless ``overwrite``."""
+    return fresh_trainer(config, out_dir, data=data, progress=progress,
+                         overwrite=overwrite).fit()
 
 
 def fresh_trainer(config: TrainConfig, out_dir: str | Path, *, data: DataSplits | None = None,
-                  progress: bool = True) -> Trainer:
-    """A seeded Trainer for a new run of ``config``, ready to ``fit``."""
+                  progress: bool = True, overwrite: bool = False) -> Trainer:
+    """A seeded Trainer for a new run of ``config``, ready to ``fit``. Writes nothing: a
+    directory in use or holding a run (without ``overwrite``) is refused before the data
+    loads, and ``fit`` checks again under the directory's lock."""
     config.validate()
+    out = Path(out_dir)
+    check_unlocked(out)
+    if not overwrite:
+        refuse_existing_run(out)
     _prepare(config)
     data = data if data is not None else load_data(config)
-    return Trainer(config, Path(out_dir), data, build_model(config, data), progress=progress)
+    return Trainer(config, out, data, build_model(config, data), progress=progress,
+                   overwrite=overwrite)
 
 
 def _prepare(config: TrainConfig) -> None:
@@ -67,18 +77,20 @@ def resume(run_dir: str | Path, *, data: DataSplits | None = None,
 
 def resume_trainer(run_dir: str | Path, *, data: DataSplits | None = None,
                    progress: bool = True) -> Trainer:
-    """The Trainer of ``run_dir``, restored to its newest valid checkpoint, ready to ``fit``."""
-    store = CheckpointStore(Path(run_dir))
-    store.clean_temporaries()
-    ckpt = store.newest_valid()
+    """The Trainer of ``run_dir`` (or of the run whose ``checkpoints/`` folder or checkpoint
+    file it names), restored to its newest valid checkpoint, ready to ``fit``."""
+    run_dir = resolve_run_dir(run_dir)
+    check_unlocked(run_dir)
+    ckpt = CheckpointStore(run_dir).newest_valid()
     if ckpt is None:
         raise CheckpointError(f"--resume: no valid checkpoint in {run_dir}")
+    check_belongs(run_dir, ckpt.path, ckpt.meta.get("run_id"))
     config = TrainConfig.from_dict(ckpt.meta["config"])
     _prepare(config)
     data = data if data is not None else load_data(config)
     if data.digest != ckpt.meta["data_digest"]:
         raise CheckpointError(f"--resume: the data of {config.data!r} changed since "
                               f"{ckpt.path} was saved (content digest differs)")
-    trainer = Trainer(config, Path(run_dir), data, build_model(config, data), progress=progress)
+    trainer = Trainer(config, run_dir, data, build_model(config, data), progress=progress)
     trainer.restore(ckpt)
     return trainer
