@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 # torch pulls a multi-GB CUDA build).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,tensorboard,yaml]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,tensorboard,yaml,pretrained]'
 	touch $@
 
 run: setup

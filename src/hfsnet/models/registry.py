@@ -1,50 +1,35 @@
-"""Name -> constructor registry. Checkpoints name their model; loading goes through here only."""
+"""Name -> model registry. Checkpoints name their model; loading goes through here only.
+
+The table is built from the ``ENTRIES`` of the families listed in ``FAMILIES``; importing a
+module registers nothing. User networks are added at run time with :func:`register_entry`.
+"""
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
-from hfsnet.errors import HfsnetError
-from hfsnet.models.base import FeatureClassifier
+import torch
 
-Constructor = Callable[..., FeatureClassifier]
+from hfsnet.models import efficientnet, hfs, hfs_air, level_head, seed_cnn
+from hfsnet.models.base import FeatureClassifier, ModelEntry, count_params
+from hfsnet.models.errors import ModelOptionError, UnknownModelError
+from hfsnet.models.options import ModelOptions, is_int
 
+FAMILIES = (seed_cnn, hfs, hfs_air, efficientnet, level_head)
+# The largest model create_model builds (8 GB of fp32 weights): a bound that turns absurd options
+# (a crafted checkpoint's width=10**9) into one line instead of an out-of-memory crash.
+MAX_PARAMS = 2_000_000_000
 
-@dataclass(frozen=True)
-class ModelEntry:
-    name: str
-    constructor: Constructor
-    description: str
-    defaults: dict[str, Any]
-
-
-_REGISTRY: dict[str, ModelEntry] = {}
+_REGISTRY: dict[str, ModelEntry] = {e.name: e for family in FAMILIES for e in family.ENTRIES}
 
 
-class UnknownModelError(HfsnetError):
-    """A model name that is not registered."""
-
-
-def register(name: str, description: str, **defaults: Any) -> Callable[[Constructor], Constructor]:
-    """Register ``constructor(num_classes, in_channels, **options)`` under ``name``.
-
-    ``defaults`` are options baked into this name (a preset); callers may still override them.
-    """
-
-    def wrap(constructor: Constructor) -> Constructor:
-        register_entry(name, constructor, description, **defaults)
-        return constructor
-
-    return wrap
-
-
-def register_entry(name: str, constructor: Constructor, description: str, **defaults: Any) -> None:
-    if name in _REGISTRY:
-        raise ValueError(f"model name {name!r} is already registered")
-    _REGISTRY[name] = ModelEntry(name, constructor, description, dict(defaults))
+def register_entry(entry: ModelEntry) -> None:
+    """Add ``entry`` (a user network) to the registry."""
+    if entry.name in _REGISTRY:
+        raise ValueError(f"model name {entry.name!r} is already registered")
+    _REGISTRY[entry.name] = entry
 
 
 def get_entry(name: str) -> ModelEntry:
@@ -58,16 +43,46 @@ def get_entry(name: str) -> ModelEntry:
         ) from None
 
 
+def parse_options(entry: ModelEntry, options: Mapping[str, Any]) -> ModelOptions:
+    """The entry's preset defaults overridden by ``options``, as its checked options."""
+    try:
+        return entry.options.from_mapping({**entry.defaults, **options})
+    except ModelOptionError as err:
+        raise ModelOptionError(f"model {entry.name!r}: {err}") from None
+
+
+def check_size(entry: ModelEntry, num_classes: int, in_channels: int,
+               options: ModelOptions) -> None:
+    """Refuse options that make more than MAX_PARAMS parameters, measured by building the model
+    on the meta device (no memory behind its tensors) before building it for real."""
+    if not entry.options.bounded or torch.get_default_device().type == "meta":
+        return  # a model built inside another model's measurement is measured with it
+    try:
+        with torch.device("meta"):
+            n = count_params(entry.constructor(num_classes, in_channels, options))
+    except RuntimeError as err:
+        if "overflow" not in str(err):
+            raise
+        raise ModelOptionError(f"model {entry.name!r}: these options make a tensor too large "
+                               "to index; expected smaller widths or fewer layers") from None
+    if n > MAX_PARAMS:
+        raise ModelOptionError(f"model {entry.name!r}: these options make {n:,} parameters, "
+                               f"more than the {MAX_PARAMS:,} hfsnet builds; expected smaller "
+                               "widths or fewer layers")
+
+
 def create_model(
     name: str, num_classes: int = 10, in_channels: int = 3, **options: Any
 ) -> FeatureClassifier:
     """Build the registered model ``name``; ``options`` override the preset's defaults."""
     entry = get_entry(name)
-    merged = {**entry.defaults, **options}
-    try:
-        model = entry.constructor(num_classes=num_classes, in_channels=in_channels, **merged)
-    except TypeError as err:
-        raise UnknownModelError(f"model {name!r}: bad option: {err}") from None
+    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if not is_int(value) or value < 1:
+            raise ModelOptionError(f"model {name!r}: {arg}: expected an integer >= 1, got "
+                                   f"{value!r}")
+    parsed = parse_options(entry, options)
+    check_size(entry, num_classes, in_channels, parsed)
+    model = entry.constructor(num_classes, in_channels, parsed)
     model.model_name = name
     model.model_options = dict(options)
     return model
