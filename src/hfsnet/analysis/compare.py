@@ -29,6 +29,7 @@ from hfsnet.analysis.memory import StepSpec, measure_peak_memory
 from hfsnet.analysis.summary import summarize
 from hfsnet.data import DataSplits
 from hfsnet.errors import HfsnetError
+from hfsnet.fsutil import atomic_write_bytes
 from hfsnet.models import create_model, get_entry
 from hfsnet.train import TrainConfig, resolve_config, resume, train
 from hfsnet.train.checkpoint import CheckpointError, load_checkpoint
@@ -220,7 +221,7 @@ def _peak_memory(spec: StepSpec, cache: Path, *, log: Callable[[str], None]) -> 
     log(f"measuring the peak training-step memory of {spec.model} at batch {spec.batch_size}")
     peak = measure_peak_memory(spec).to_dict()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"spec": wanted, "peak": peak}, indent=2))
+    atomic_write_bytes(cache, json.dumps({"spec": wanted, "peak": peak}, indent=2).encode())
     return peak
 
 

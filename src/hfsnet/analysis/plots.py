@@ -11,12 +11,14 @@ matplotlib.use("Agg")  # before pyplot is imported: no display is needed or want
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from hfsnet.fsutil import atomic_write
+
 DPI = 110
 
 
 def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    atomic_write(path, lambda file: fig.savefig(file, dpi=DPI, format=path.suffix.lstrip(".")))
     plt.close(fig)
     return path
 

@@ -19,6 +19,7 @@ from hfsnet.analysis.document import (
 )
 from hfsnet.analysis.units import format_bytes, format_count, format_si
 from hfsnet.analysis.verdicts import CLAIMS, MEMORY_TOLERANCE, SIGNIFICANCE_SE, judge
+from hfsnet.fsutil import atomic_write_bytes
 
 PLOTS_DIR = "plots"
 REPORT_MD = "report.md"
@@ -192,7 +193,8 @@ def write_report(payload: dict[str, Any], out_dir: Path) -> dict[str, Any]:
                "verdicts": [v.to_dict() for v in judge(payload)],
                "plots": _make_plots(payload, out_dir / PLOTS_DIR)}
     blocks = build_blocks(payload)
-    (out_dir / COMPARE_JSON).write_text(json.dumps(payload, indent=2))
-    (out_dir / REPORT_MD).write_text(to_markdown(blocks))
-    (out_dir / REPORT_HTML).write_text(to_html(blocks, _title(payload["setup"]), out_dir))
+    atomic_write_bytes(out_dir / COMPARE_JSON, json.dumps(payload, indent=2).encode())
+    atomic_write_bytes(out_dir / REPORT_MD, to_markdown(blocks).encode())
+    atomic_write_bytes(out_dir / REPORT_HTML,
+                       to_html(blocks, _title(payload["setup"]), out_dir).encode())
     return payload
