@@ -6,6 +6,7 @@ import torch
 
 from hfsnet.cli import main
 from hfsnet.data import normalize
+from hfsnet.interop.export import ExportError, export_model
 from hfsnet.interop.user_models import model_from_checkpoint
 from hfsnet.train.checkpoint import load_checkpoint
 from tests.helpers import last_json, tiny_hfs_flags
@@ -104,3 +105,22 @@ def test_onnx_without_the_package_says_how_to_get_it(hfs_run, tmp_path, capsys, 
                  str(tmp_path / "m.onnx")]) == 2
     assert "needs the onnx package; install it with `pip install 'hfsnet[onnx]'`" in \
         capsys.readouterr().err
+
+
+def test_export_targets_inside_a_run_are_refused_but_not_elsewhere(hfs_run, tmp_path):
+    ckpt = load_checkpoint(hfs_run)
+    model = model_from_checkpoint(ckpt, None)
+    for name in ("checkpoint.safetensors", "config.json", "checkpoints/step-1.safetensors",
+                 "tensorboard/events.out"):
+        with pytest.raises(ExportError, match=f"belongs to the run in {hfs_run}"):
+            export_model(model, ckpt.meta, hfs_run / name, fmt="torchscript")
+    # A config.json in a folder that holds no run is an ordinary file to write.
+    plain = tmp_path / "plain" / "config.json"
+    export_model(model, ckpt.meta, plain, fmt="torchscript", source=ckpt.path)
+    assert torch.jit.load(str(plain)) is not None
+    # A checkpoint outside any run directory is still protected from its own export.
+    lone = tmp_path / "lone.safetensors"
+    lone.write_bytes(ckpt.path.read_bytes())
+    with pytest.raises(ExportError, match="the checkpoint being exported"):
+        export_model(model, ckpt.meta, lone, fmt="torchscript", source=lone)
+    assert lone.read_bytes() == ckpt.path.read_bytes()

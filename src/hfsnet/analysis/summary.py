@@ -19,7 +19,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from hfsnet.errors import HfsnetError
+from hfsnet.train.config import IMAGE_SIZES
 from hfsnet.train.runtime import autocast
+
+# Input elements a summary traces at once (batch x C x H x W; 400 MB of fp32): an RGB image about
+# 5,800 px square, far beyond any model here. Checked before a tensor is allocated, so an absurd
+# --input is one line instead of an allocator failure or the machine swapping.
+MAX_INPUT_ELEMENTS = 100_000_000
 
 
 class SummaryError(HfsnetError):
@@ -27,13 +33,27 @@ class SummaryError(HfsnetError):
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
-    """``CxHxW`` (e.g. ``3x32x32``) as three positive ints."""
+    """``CxHxW`` (e.g. ``3x32x32``) as three positive ints, with H and W in the range
+    ``--image-size`` accepts and at most ``MAX_INPUT_ELEMENTS`` elements in all."""
     parts = text.lower().split("x")
     if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise SummaryError(f"--input: expected CxHxW with positive sizes like 3x32x32, "
                            f"got {text!r}")
     c, h, w = (int(p) for p in parts)
+    check_input_elements((c, h, w), 1, f"--input {text!r}")
+    if h not in IMAGE_SIZES or w not in IMAGE_SIZES:
+        raise SummaryError(f"--input: height and width must be {IMAGE_SIZES} (as for "
+                           f"--image-size), got {text!r}")
     return c, h, w
+
+
+def check_input_elements(shape: tuple[int, int, int], batch_size: int, what: str) -> None:
+    """Refuse a batch of ``batch_size`` x ``shape`` above ``MAX_INPUT_ELEMENTS``, naming the
+    count; ``what`` names the flags it came from."""
+    elements = batch_size * shape[0] * shape[1] * shape[2]
+    if elements > MAX_INPUT_ELEMENTS:
+        raise SummaryError(f"{what}: {elements:,} input elements, expected at most "
+                           f"{MAX_INPUT_ELEMENTS:,}")
 
 
 @dataclass
@@ -222,6 +242,8 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int], *, batch_size
     """
     if batch_size < 1:
         raise SummaryError(f"--batch-size must be >= 1, got {batch_size}")
+    check_input_elements(input_shape, batch_size,
+                         f"--input {'x'.join(map(str, input_shape))} at --batch-size {batch_size}")
     device = next(model.parameters()).device
     x = torch.randn(batch_size, *input_shape, device=device)
     trace = _Trace(model)

@@ -9,19 +9,21 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import torch
 
-from hfsnet.cli import analysis, interop, train, transfer
+from hfsnet.cli import adapt, analysis, interop, train, transfer
 from hfsnet.errors import HfsnetError
+from hfsnet.textutil import printable
 from hfsnet.train.distributed import close_distributed
 
 EXIT_USAGE = 2  # bad input of any kind: argparse's convention
 EXIT_BUG = 1
 EXIT_SIGINT = 130
-FAMILIES = (train, interop, analysis, transfer)
+FAMILIES = (train, interop, analysis, transfer, adapt)
 
 
 class UsageError(HfsnetError):
@@ -56,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help
         return int(done.code or 0)
     args.argv = argv
+    warnings.formatwarning = _warning_line
     try:
         if getattr(args, "threads", None):
             torch.set_num_threads(args.threads)
@@ -84,10 +87,18 @@ def _os_error(err: OSError) -> str:
     return f"{' -> '.join(names)}: {reason}" if names else reason
 
 
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  line: str | None = None) -> str:
+    """Warnings as one line the way errors are, not Python's two-line source excerpt."""
+    return printable(f"hfsnet: warning: {message}") + "\n"
+
+
 def _fail(line: str, code: int, *, debug: bool) -> int:
+    """Print ``line`` as one line: messages carry names from files (class names, paths), whose
+    control characters could forge more lines or rewrite the terminal, so they are escaped."""
     if debug:
         traceback.print_exc()
-    print(line, file=sys.stderr)
+    print(printable(line), file=sys.stderr)
     return code
 
 

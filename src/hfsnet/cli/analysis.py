@@ -13,7 +13,7 @@ from hfsnet.analysis.memory import StepSpec, measure_peak_memory
 from hfsnet.analysis.report import REPORT_HTML, write_report
 from hfsnet.analysis.summary import SummaryError, parse_input_shape, summarize
 from hfsnet.analysis.summary_table import render_summary
-from hfsnet.cli.common import add_common, emit, parse_option
+from hfsnet.cli.common import add_common, emit, parse_option, positive_int
 from hfsnet.data import data_spec
 from hfsnet.models import create_model
 from hfsnet.train.config import DEVICES, OPTIMIZERS, PRECISIONS, RECIPES
@@ -25,8 +25,6 @@ def cmd_summary(args: argparse.Namespace) -> int:
     c, h, w = parse_input_shape(args.input)
     if h != w:
         raise SummaryError(f"--input: models take square images, got {h}x{w}")
-    if args.depth is not None and args.depth < 1:
-        raise SummaryError(f"--depth must be >= 1, got {args.depth}")
     options = {"image_size": h, **dict(args.model_opt or [])}
     model = create_model(args.model, num_classes=args.num_classes, in_channels=c, **options)
     summary = summarize(model, (c, h, w), batch_size=args.batch_size, precision=args.precision)
@@ -100,14 +98,14 @@ def _summary_parser(sub: Any) -> None:
                                        "and the measured peak memory of a training step")
     p.add_argument("model", help="registered model name (see `hfsnet models`)")
     p.add_argument("--input", default="3x32x32", help="input shape CxHxW (default 3x32x32)")
-    p.add_argument("--batch-size", type=int, default=32,
+    p.add_argument("--batch-size", type=positive_int, default=32,
                    help="batch for activation and peak memory (default 32)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: activations and the measured step under bf16 autocast")
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=positive_int, default=10)
     p.add_argument("--model-opt", action="append", type=parse_option, metavar="KEY=VALUE",
                    help="model constructor option, e.g. norm=true (repeatable)")
-    p.add_argument("--depth", type=int, help="show nested modules down to this depth")
+    p.add_argument("--depth", type=positive_int, help="show nested modules down to this depth")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
                    help="optimizer of the measured training step (its state counts)")
     p.add_argument("--device", choices=DEVICES, default="cpu",

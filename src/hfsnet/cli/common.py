@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -30,6 +31,28 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
+
+
+def out_dir(text: str) -> Path:
+    """An argparse type: a directory to write into (it may not exist yet), refused while parsing
+    when it names an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a directory, got the existing file {text!r}")
+    return path
+
+
+def out_file(text: str) -> Path:
+    """An argparse type: a file to write (it may exist), refused while parsing when it names a
+    directory or lies under an existing file."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a file name, got the directory {text!r}")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"expected a file name, got {text!r} under the "
+                                         f"file {str(parent)!r}")
+    return path
 
 
 def emit(args: argparse.Namespace, payload: dict[str, Any]) -> None:

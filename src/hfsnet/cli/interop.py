@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from hfsnet.analysis.summary import parse_input_shape
-from hfsnet.cli.common import add_common, emit, parse_option
+from hfsnet.cli.common import add_common, emit, out_file, parse_option
 from hfsnet.interop.export import FORMATS, INPUT_KINDS, export_model
 from hfsnet.interop.runs import COLUMNS, find_runs, format_table, sort_runs
 from hfsnet.interop.user_models import (
@@ -48,7 +48,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.model)
-    info = export_model(model, ckpt.meta, args.out, fmt=args.format, input_kind=args.input)
+    info = export_model(model, ckpt.meta, args.out, fmt=args.format, input_kind=args.input,
+                        source=ckpt.path)
     dims = " x ".join(map(str, info["input_shape"]))
     print(f"exported {ckpt.path} as {args.format} to {args.out}: input images {info['input']} "
           f"N x {dims}, output logits N x {len(info['classes'])}",
@@ -82,7 +83,8 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser("export", help="ONNX or TorchScript file taking raw images")
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
     p.add_argument("--format", choices=FORMATS, default="onnx")
-    p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--out", type=out_file, required=True,
+                   help="file to write (never the checkpoint or another file of a run)")
     p.add_argument("--input", choices=INPUT_KINDS, default="uint8",
                    help="uint8 pixels in [0, 255], or float32 in [0, 1]; N x C x H x W")
     p.add_argument("--model", metavar="MODULE:FACTORY",

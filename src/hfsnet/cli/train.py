@@ -9,13 +9,21 @@ from typing import Any
 
 import torch
 
-from hfsnet.cli.common import add_common, add_threads, emit, parse_option, positive_int
+from hfsnet.cli.common import (
+    add_common,
+    add_threads,
+    emit,
+    out_dir,
+    parse_option,
+    positive_int,
+)
 from hfsnet.cli.config_flags import add_config_flags, given_values
 from hfsnet.data import DataError, data_spec, load_dataset, normalize, read_image_file
 from hfsnet.interop.tblog import LOG_KINDS
 from hfsnet.interop.training import prepare_run, train_config, train_with_log
 from hfsnet.interop.user_models import model_from_checkpoint
 from hfsnet.models import list_models
+from hfsnet.textutil import printable
 from hfsnet.train import TrainingInterrupted, TrainResult, resume
 from hfsnet.train.checkpoint import Checkpoint, CheckpointError, CheckpointStore, load_checkpoint
 from hfsnet.train.config import DEVICES, PRECISIONS, RECIPES, TrainConfig
@@ -24,6 +32,7 @@ from hfsnet.train.evaluate import evaluate
 from hfsnet.train.rundir import RunDirError
 from hfsnet.train.runtime import resolve_device
 from hfsnet.train.tta import FlipAverage
+from hfsnet.transfer.source import to_rgb
 
 
 def layer_names(text: str) -> list[str]:
@@ -85,6 +94,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ckpt, model = _load_for_inference(args.checkpoint, args.model)
     meta = ckpt.meta
     data = load_dataset(data_spec(args.data), image_size=meta["config"].get("image_size"))
+    if data.in_channels == 1 and meta["in_channels"] == 3:
+        data = to_rgb(data)  # as `adapt` fed grayscale images to an RGB trunk
     if data.classes != meta["classes"]:
         raise DataError(f"--data: classes {data.classes} differ from the checkpoint's "
                         f"{meta['classes']} ({ckpt.path})")
@@ -107,7 +118,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"test accuracy {100 * result.acc:.2f}%  loss {result.loss:.4f}  "
           f"({result.count} images)", file=out)
     for name, acc in zip(data.classes, result.per_class_acc, strict=True):
-        print(f"  {name:>16s} {100 * acc:6.2f}%", file=out)
+        print(f"  {printable(name):>16s} {100 * acc:6.2f}%", file=out)
     emit(args, {"test_acc": result.acc, "test_loss": result.loss, "count": result.count,
                  "per_class_acc": dict(zip(data.classes, result.per_class_acc, strict=True)),
                  "confusion": result.confusion, "classes": data.classes})
@@ -121,16 +132,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images = torch.stack([read_image_file(p, meta["in_channels"], size) for p in args.images])
     with torch.no_grad():
         probs = model(normalize(images, meta["mean"], meta["std"])).softmax(1)
-    k = min(args.top_k, probs.shape[1])
+    k = _top_k(args.top_k, len(meta["classes"]))
     top_p, top_i = probs.topk(k, dim=1)
     predictions = []
     for path, ps, idx in zip(args.images, top_p.tolist(), top_i.tolist(), strict=True):
         top = [{"class": meta["classes"][i], "prob": p} for p, i in zip(ps, idx, strict=True)]
         predictions.append({"image": path, "top": top})
         if not args.json:
-            print(path + ": " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in top))
+            print(printable(path) + ": " + ", ".join(
+                f"{printable(t['class'])} {100 * t['prob']:.1f}%" for t in top))
     emit(args, {"predictions": predictions})
     return 0
+
+
+def _top_k(requested: int, num_classes: int) -> int:
+    """--top-k, clamped to the class count with a note: "the 5 best of 3" can only mean all."""
+    if requested > num_classes:
+        print(f"hfsnet: note: --top-k {requested} exceeds the model's {num_classes} classes; "
+              f"showing all {num_classes}", file=sys.stderr)
+        return num_classes
+    return requested
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -153,7 +174,7 @@ def _train_parser(sub: Any) -> None:
                    help="tensorboard: also write TensorBoard logs to <out>/tensorboard")
     p.add_argument("--model-opt", action="append", type=parse_option, metavar="KEY=VALUE",
                    help="model constructor option, e.g. growth=16 (repeatable)")
-    p.add_argument("--out", type=Path, default=Path("runs/latest"), help="run directory")
+    p.add_argument("--out", type=out_dir, default=Path("runs/latest"), help="run directory")
     p.add_argument("--recipe", choices=sorted(RECIPES),
                    help="named defaults (default: the config file's, else 'default'); "
                         "config files and explicit flags override them")
@@ -197,7 +218,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--model", metavar="MODULE:FACTORY",
                    help="the factory of a user network (its checkpoints never import code)")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=positive_int, default=3,
+                   help="classes per image, best first (at most the model's class count)")
     add_threads(p)
     add_common(p)
     p.set_defaults(func=cmd_predict)

@@ -64,6 +64,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                               f"one of {', '.join(SUFFIXES)}")
     try:
         text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise ConfigFileError(f"--config {path}: not a text file ({err.reason} at byte "
+                              f"{err.start})") from None
     except OSError as err:
         raise ConfigFileError(f"--config {path}: cannot read it ({err.strerror})") from None
     values = _parse(path, kind, text)

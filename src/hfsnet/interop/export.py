@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from torch import nn
 
 from hfsnet.errors import HfsnetError
 from hfsnet.fsutil import atomic_write_bytes
+from hfsnet.train.rundir import LOCK_NAME, RUN_FILES, STEP_DIR, TENSORBOARD_DIR, run_files
 
 FORMATS = ("onnx", "torchscript")
 INPUT_KINDS = ("uint8", "float")
@@ -99,14 +101,41 @@ def _onnx_bytes(wrapper: nn.Module, example: torch.Tensor, info: dict[str, Any])
     return proto.SerializeToString()
 
 
+def check_target(out: str | Path, source: str | Path | None = None) -> None:
+    """Refuse to export over the checkpoint ``source`` being exported (however ``out`` reaches
+    it: a link, a relative path) or over any file that a run directory owns (its checkpoints,
+    config, metrics, results, run id, lock, TensorBoard logs): either would destroy the run."""
+    target = Path(out).resolve()
+    if source is not None and target.exists() and os.path.samefile(target, source):
+        raise ExportError(f"--out {out}: that is the checkpoint being exported ({source}); "
+                          "write the export to another file")
+    run_dir = owning_run(target)
+    if run_dir is not None:
+        raise ExportError(f"--out {out}: {target.name} belongs to the run in {run_dir}; write "
+                          "the export under another name (e.g. model.onnx beside it)")
+
+
+def owning_run(path: Path) -> Path | None:
+    """The run directory whose own file ``path`` (resolved) would be, or None."""
+    if path.name in (*RUN_FILES, LOCK_NAME) and run_files(path.parent):
+        return path.parent
+    for folder in path.parents:  # checkpoints/ and tensorboard/ hold nothing but the run's
+        if folder.name in (STEP_DIR, TENSORBOARD_DIR) and run_files(folder.parent):
+            return folder.parent
+    return None
+
+
 def export_model(model: nn.Module, meta: dict[str, Any], out: str | Path, *,
-                 fmt: str = "onnx", input_kind: str = "uint8") -> dict[str, Any]:
-    """Write ``model`` (trained with checkpoint metadata ``meta``) to ``out`` atomically.
+                 fmt: str = "onnx", input_kind: str = "uint8",
+                 source: str | Path | None = None) -> dict[str, Any]:
+    """Write ``model`` (trained with checkpoint metadata ``meta``, read from the checkpoint file
+    ``source`` when given) to ``out`` atomically; ``out`` is refused by :func:`check_target`.
 
     Returns the metadata stored in the file.
     """
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    check_target(out, source)
     info = export_info(meta, input_kind)
     wrapper = Preprocessed(model, meta["mean"], meta["std"], input_kind).cpu().eval()
     example = example_images(info)

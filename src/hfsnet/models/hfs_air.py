@@ -130,6 +130,11 @@ class AirOptions(ModelOptions):
         check_bool("share", self.share)
         check_bool("fuse", self.fuse)
         check_image_size(self.image_size)
+        # The 2x2 whitening conv takes a pixel off, then every stage halves the side.
+        smallest = 2 ** len(self.widths) + 1
+        if self.image_size is not None and self.image_size < smallest:
+            raise refuse("image_size", f"at least {smallest} px for {len(self.widths)} pooled "
+                         "stages", self.image_size)
 
 
 class AirHFSNet(StagedClassifier):
