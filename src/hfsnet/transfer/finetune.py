@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from torch import nn
 
 from hfsnet.data import DataSplits
+from hfsnet.fsutil import atomic_write_bytes
 from hfsnet.models import FeatureClassifier
 from hfsnet.models.level_head import install_head
 from hfsnet.train.config import ConfigError, TrainConfig
@@ -71,6 +74,36 @@ def param_groups(model: FeatureClassifier, head_lr: float, trunk_lr: float) -> l
             ParamGroup("trunk", model.trunk_parameters(), trunk_lr)]
 
 
+def describe_groups(model: FeatureClassifier, groups: Sequence[ParamGroup]) -> list[str]:
+    """One line per group (name, tensors, parameters, learning rate), then a line for any of the
+    model's parameters in no group (they would not train) or in several: mis-grouped
+    parameters otherwise go unnoticed until the accuracy disappoints."""
+    lines = [f"{g.name}: {len(g.params)} tensors, {sum(p.numel() for p in g.params):,} params, "
+             f"lr {g.lr:g}" for g in groups]
+    seen: dict[int, int] = {}
+    for group in groups:
+        for param in group.params:
+            seen[id(param)] = seen.get(id(param), 0) + 1
+    ungrouped = [p for p in model.parameters() if id(p) not in seen]
+    if ungrouped:
+        lines.append(f"in no group (not trained): {len(ungrouped)} tensors, "
+                     f"{sum(p.numel() for p in ungrouped):,} params")
+    repeated = sum(count > 1 for count in seen.values())
+    if repeated:
+        lines.append(f"in several groups: {repeated} tensors")
+    return lines
+
+
+def print_groups(model: FeatureClassifier, groups: Sequence[ParamGroup],
+                 stream: TextIO | None = None) -> None:
+    """The parameter groups as :func:`describe_groups` words them, on stderr by default (stdout
+    may carry --json)."""
+    out = stream or sys.stderr
+    print("fine-tuning parameter groups:", file=out)
+    for line in describe_groups(model, groups):
+        print(f"  {line}", file=out)
+
+
 class FreezeSchedule:
     """An epoch hook: the trunk is frozen for ``freeze_epochs``, then unfrozen at once
     (``all``) or one stage per epoch from the deepest (``gradual``).
@@ -125,7 +158,10 @@ def prepare_head(source: Source, data: DataSplits, options: FinetuneOptions) -> 
     same_classes = data.classes == source.classes
     if options.head_init == "cache":
         ridge = dataclasses.replace(options.head, method="ridge", hidden=0)
-        root = options.cache or source.checkpoint.path.parent / "feature-cache"
+        root = options.cache or source.default_cache
+        if root is None:
+            raise ConfigError(f"--head-init cache: {source.origin} has no checkpoint folder to "
+                              "keep the feature cache beside; pass --cache DIR")
         found = cache_for(model, data, root, ridge)
         head, details = fit_cached_head(found.cache, model.stage_channels(), ridge)
         install_head(model, head)
@@ -152,12 +188,13 @@ def build_finetuner(source: Source, data: DataSplits, config: TrainConfig, out_d
                                  model_options=model.model_options,
                                  image_size=source.config.get("image_size"))
     head_lr, trunk_lr = options.rates(config)
-    trainer = Trainer(config, out_dir, data, model,
-                      groups=param_groups(model, head_lr, trunk_lr), progress=progress)
+    groups = param_groups(model, head_lr, trunk_lr)
+    print_groups(model, groups)
+    trainer = Trainer(config, out_dir, data, model, groups=groups, progress=progress)
     if options.freeze_epochs or options.unfreeze == "gradual":
         trainer.epoch_hooks.append(FreezeSchedule(model, options.freeze_epochs,
                                                   options.unfreeze, options.train_bn))
-    record = {"source": str(source.checkpoint.path), "head_lr": head_lr, "trunk_lr": trunk_lr,
+    record = {"source": source.origin, "head_lr": head_lr, "trunk_lr": trunk_lr,
               "freeze_epochs": options.freeze_epochs, "unfreeze": options.unfreeze,
               "train_bn": options.train_bn, "head_init": options.head_init,
               "source_classes": source.classes, "classes": data.classes, **head_info}
@@ -170,5 +207,5 @@ def finetune(source: Source, data: DataSplits, config: TrainConfig, out_dir: str
     out = Path(out_dir)
     trainer, record = build_finetuner(source, data, config, out, options, progress=progress)
     result = trainer.fit()
-    (out / "finetune.json").write_text(json.dumps(record, indent=2))
+    atomic_write_bytes(out / "finetune.json", json.dumps(record, indent=2).encode())
     return result

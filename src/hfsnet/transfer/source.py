@@ -1,4 +1,9 @@
-"""A trained trunk to transfer from, and target data prepared the way that trunk expects."""
+"""A trunk to transfer from, and target data prepared the way that trunk expects.
+
+The trunk is a trained checkpoint (:func:`load_source`) or a registry model built with its own
+pretrained weights (:meth:`Source.pretrained`), whose normalisation is the model's
+``preprocessing`` and which resizes its inputs itself, so it reads images of any size.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hfsnet.data import DataError, DataSplits, load_dataset
+from hfsnet.data import DataError, DataSplits, ImageSet, load_dataset
 from hfsnet.models import FeatureClassifier
+from hfsnet.models.errors import ModelError
 from hfsnet.train.checkpoint import Checkpoint, load_checkpoint
 
 
 @dataclass
 class Source:
-    """A loaded checkpoint and the model rebuilt from it."""
+    """A trunk: its model and the metadata of the data it expects (``mean``, ``std``,
+    ``classes``, ``config``; ``in_channels`` and, for a fixed input size, ``image_size``).
 
-    checkpoint: Checkpoint
+    ``checkpoint``: the file it was loaded from; None for a registry model's pretrained weights.
+    ``origin``: how records and messages name it.
+    """
+
     model: FeatureClassifier
+    meta: dict[str, Any]
+    checkpoint: Checkpoint | None = None
+    origin: str = ""
 
-    @property
-    def meta(self) -> dict[str, Any]:
-        return self.checkpoint.meta
+    @classmethod
+    def pretrained(cls, model: FeatureClassifier) -> Source:
+        """``model`` as built by the registry with its pretrained weights: normalised by its
+        ``preprocessing`` mean and std, no class list of its own, any input size."""
+        preprocessing = getattr(model, "preprocessing", None)
+        if not isinstance(preprocessing, dict):
+            raise ModelError(f"--model {model.model_name}: not a pretrained trunk (it declares "
+                             "no preprocessing); train it with `hfsnet train`, or pass a "
+                             "pretrained model such as efficientnet-lite0")
+        meta = {"mean": list(preprocessing["mean"]), "std": list(preprocessing["std"]),
+                "in_channels": len(preprocessing["mean"]), "classes": [], "config": {}}
+        return cls(model, meta, None, f"{model.model_name} (pretrained weights)")
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -39,22 +61,51 @@ class Source:
     def config(self) -> dict[str, Any]:
         return dict(self.meta.get("config") or {})
 
+    @property
+    def in_channels(self) -> int:
+        return int(self.meta["in_channels"])
+
+    @property
+    def default_cache(self) -> Path | None:
+        """feature-cache/ beside the checkpoint; None for a source without one."""
+        if self.checkpoint is None:
+            return None
+        return self.checkpoint.path.parent / "feature-cache"
+
 
 def load_source(path: str | Path) -> Source:
     """The checkpoint at ``path`` (file or run directory) and its model."""
     checkpoint = load_checkpoint(path)
-    return Source(checkpoint, checkpoint.build_model())
+    return Source(checkpoint.build_model(), checkpoint.meta, checkpoint, str(checkpoint.path))
 
 
 def check_compatible(source: Source, data: DataSplits) -> None:
-    """The trunk can read ``data``'s images: same channels and size as it was trained on."""
-    wanted = (source.meta["in_channels"], *source.meta["image_size"])
-    found = (data.in_channels, *data.image_size)
+    """The trunk can read ``data``'s images: the channels it expects, and the size it was
+    trained on when it has one."""
+    size = source.meta.get("image_size")
+    wanted = (source.in_channels, *size) if size else (source.in_channels,)
+    found = (data.in_channels, *data.image_size) if size else (data.in_channels,)
     if found != wanted:
+        what = "CxHxW" if size else "channels"
         raise DataError(
-            f"--data: images are {'x'.join(map(str, found))} (CxHxW), the checkpoint "
-            f"{source.checkpoint.path} expects {'x'.join(map(str, wanted))}; resize the dataset "
-            f"to match")
+            f"--data: images are {'x'.join(map(str, found))} ({what}), the trunk "
+            f"{source.origin} expects {'x'.join(map(str, wanted))}; resize the dataset to match")
+
+
+def replicate_channels(images: ImageSet, channels: int) -> ImageSet:
+    """Grayscale ``images`` with their one channel copied ``channels`` times."""
+    return ImageSet(images.images.expand(-1, channels, -1, -1), images.labels, images.classes)
+
+
+def to_rgb(data: DataSplits) -> DataSplits:
+    """``data`` with grayscale images replicated to 3 channels in every split (an RGB trunk
+    then sees gray as equal R, G and B), statistics replicated alike."""
+    if data.in_channels != 1:
+        return data
+    val = replicate_channels(data.val, 3) if data.val is not None else None
+    return dataclasses.replace(data, train=replicate_channels(data.train, 3),
+                               test=replicate_channels(data.test, 3), val=val,
+                               mean=data.mean * 3, std=data.std * 3)
 
 
 def for_trunk(source: Source, data: DataSplits) -> DataSplits:

@@ -15,11 +15,23 @@ def _derived_digest(digest: str, how: str) -> str:
     return hashlib.sha256(f"{digest}|{how}".encode()).hexdigest()
 
 
+def parse_classes(text: str) -> list[str]:
+    """``--classes a,b,c`` as a list of names: no empty names, no repeats."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise DataError(f"--classes: expected comma-separated class names, got {text!r}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(f"--classes: {repeated} named more than once in {text!r}")
+    return names
+
+
 def keep_classes(images: ImageSet, classes: Sequence[str]) -> ImageSet:
     """The images of ``classes`` only, relabelled 0..k-1 in the order ``classes`` are given."""
     missing = [name for name in classes if name not in images.classes]
     if missing:
-        raise DataError(f"classes {missing} are not in the dataset (it has {images.classes})")
+        raise DataError(f"--classes: {missing} are not in the dataset (it has "
+                        f"{images.classes})")
     old = torch.tensor([images.classes.index(name) for name in classes])
     remap = torch.full((len(images.classes),), -1, dtype=torch.int64)
     remap[old] = torch.arange(len(classes))
@@ -45,8 +57,8 @@ def sample_per_class(images: ImageSet, count: int, seed: int) -> ImageSet:
     for label in range(len(images.classes)):
         members = torch.nonzero(images.labels == label).flatten()
         if len(members) < count:
-            raise DataError(f"class {images.classes[label]!r} has {len(members)} images, "
-                            f"{count} were asked for")
+            raise DataError(f"--per-class {count}: class {images.classes[label]!r} has only "
+                            f"{len(members)} training images")
         picked.append(members[torch.randperm(len(members), generator=generator)[:count]])
     return images.subset(torch.cat(picked).sort().values)
 
