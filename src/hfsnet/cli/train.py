@@ -93,7 +93,7 @@ def _load_for_inference(path: str, user_model: str | None) -> tuple[Checkpoint, 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     ckpt, model = _load_for_inference(args.checkpoint, args.model)
     meta = ckpt.meta
-    data = load_dataset(data_spec(args.data), image_size=meta["config"].get("image_size"))
+    data = load_dataset(data_spec(args.data), image_size=meta.get("config", {}).get("image_size"))
     if data.in_channels == 1 and meta["in_channels"] == 3:
         data = to_rgb(data)  # as `adapt` fed grayscale images to an RGB trunk
     if data.classes != meta["classes"]:
@@ -103,7 +103,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DataError(f"--data: images are {data.in_channels}x{data.image_size}, the "
                         f"checkpoint expects {meta['in_channels']}x{meta['image_size']}")
     device = resolve_device(args.device)
-    trained = meta["config"]
+    trained = meta.get("config", {})
     # By default inference runs the way the model trained: bf16 and channels-last memory for
     # the fast recipes (3-4x the fp32 NCHW speed on an AVX-512 BF16 CPU).
     precision = args.precision or trained.get("precision", "fp32")

@@ -1,26 +1,38 @@
 """On-disk cache of decoded datasets as .npy files, written so that a partial write is never read.
 
 Layout: ``<cache_dir>/decoded/<key>/{train,test}_{images,labels}.npy`` plus ``meta.json``, which
-is written last: an entry without it (an interrupted decode) counts as missing.
+is written last: an entry without it (an interrupted decode) counts as missing. ``meta.json``
+records the sha256 of every array, so an entry changed on disk (edited labels, a flipped bit)
+or one that fails any other check (malformed meta.json, labels outside the class list) is never
+trained on: it is decoded again and rewritten, with a warning naming its folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
+import re
+import warnings
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 
-from .imageset import Decoded, ImageSet
+from hfsnet.fsutil import atomic_write, atomic_write_bytes, file_digest
+from hfsnet.textutil import printable
 
-# Bump when the decoded content for the same source and options changes, to orphan old entries.
-CACHE_VERSION = 1
+from .imageset import Decoded, ImageSet, check_labels
+
+# Bump when the decoded content or the entry's layout changes, to orphan old entries.
+# 2: meta.json holds each array's sha256.
+CACHE_VERSION = 2
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class CacheEntryError(ValueError):
+    """A cache entry that fails a check; the message names the file and what is wrong."""
 
 
 def default_cache_dir() -> Path:
@@ -35,39 +47,69 @@ def cache_key(name: str, digest: str, image_size: int | None) -> str:
 
 
 def load_cached(cache_dir: Path, key: str) -> Decoded | None:
-    """The cached decode for ``key``, or None if there is no complete, readable entry."""
+    """The cached decode for ``key``, or None if there is no complete entry, or the entry fails
+    its checks (then with a warning naming its folder: the caller decodes again and rewrites
+    it)."""
     folder = cache_dir / "decoded" / key
+    if not (folder / "meta.json").is_file():
+        return None
     try:
-        meta = json.loads((folder / "meta.json").read_text())
-        arrays = {name: torch.from_numpy(np.load(folder / f"{name}.npy")) for name in ARRAYS}
-        train = ImageSet(arrays["train_images"], arrays["train_labels"], meta["classes"])
-        test = ImageSet(arrays["test_images"], arrays["test_labels"], meta["classes"])
-        return Decoded(train, test, meta["bad"])
-    except (OSError, ValueError, KeyError):  # missing, partial or foreign: decode again
+        return _read_entry(folder)
+    except (OSError, ValueError, RecursionError) as err:
+        warnings.warn(f"decoded-image cache {printable(str(folder))} is unusable "
+                      f"({printable(str(err))}); decoding the dataset again", stacklevel=4)
         return None
 
 
+def _read_entry(folder: Path) -> Decoded:
+    """The entry in ``folder`` after checking meta.json, every array's sha256, the arrays'
+    types and shapes (ImageSet), and the labels against the class list."""
+    meta = json.loads((folder / "meta.json").read_text())
+    _check_meta(meta, folder / "meta.json")
+    arrays = {}
+    for name in ARRAYS:
+        file = folder / f"{name}.npy"
+        if file_digest(file) != meta["sha256"][name]:
+            raise CacheEntryError(f"{file}: checksum mismatch with meta.json")
+        arrays[name] = np.load(file)
+    splits = {}
+    for split in ("train", "test"):
+        labels = arrays[f"{split}_labels"]
+        check_labels(labels, len(meta["classes"]), str(folder / f"{split}_labels.npy"))
+        splits[split] = ImageSet(torch.from_numpy(arrays[f"{split}_images"]),
+                                 torch.from_numpy(labels), meta["classes"])
+    if splits["train"].images.shape[1:] != splits["test"].images.shape[1:]:
+        raise CacheEntryError(f"{folder}: train and test images differ in size")
+    return Decoded(splits["train"], splits["test"], meta["bad"])
+
+
+def _check_meta(meta: Any, file: Path) -> None:
+    if not isinstance(meta, dict):
+        raise CacheEntryError(f"{file}: expected a JSON object")
+    classes, bad, sums = meta.get("classes"), meta.get("bad"), meta.get("sha256")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise CacheEntryError(f"{file}: 'classes': expected a list of class names")
+    if not (isinstance(bad, list) and all(isinstance(line, str) for line in bad)):
+        raise CacheEntryError(f"{file}: 'bad': expected a list of strings")
+    if not (isinstance(sums, dict) and all(isinstance(sums.get(name), str)
+                                           and _SHA256.fullmatch(sums[name]) for name in ARRAYS)):
+        raise CacheEntryError(f"{file}: 'sha256': expected the sha256 of {', '.join(ARRAYS)}")
+
+
 def save_cached(cache_dir: Path, key: str, decoded: Decoded) -> None:
-    """Store a decode under ``key``; each file appears atomically, ``meta.json`` last."""
+    """Store a decode under ``key``; each file appears atomically, ``meta.json`` last.
+
+    Raises OSError when the folder cannot be made, WriteError when a file cannot be written."""
     folder = cache_dir / "decoded" / key
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {
         "train_images": decoded.train.images, "train_labels": decoded.train.labels,
         "test_images": decoded.test.images, "test_labels": decoded.test.labels,
     }
+    sums = {}
     for name, tensor in arrays.items():
-        _write_atomic(folder / f"{name}.npy", lambda file, t=tensor: np.save(file, t.numpy()))
-    meta = json.dumps({"classes": decoded.train.classes, "bad": decoded.bad}, indent=1)
-    _write_atomic(folder / "meta.json", lambda file: file.write(meta.encode()))
-
-
-def _write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write through a temporary file in the same folder, then rename it over ``path``."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+        atomic_write(folder / f"{name}.npy", lambda file, t=tensor: np.save(file, t.numpy()))
+        sums[name] = file_digest(folder / f"{name}.npy")
+    meta = json.dumps({"classes": decoded.train.classes, "bad": decoded.bad, "sha256": sums},
+                      indent=1)
+    atomic_write_bytes(folder / "meta.json", meta.encode())

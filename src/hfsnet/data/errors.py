@@ -1,6 +1,7 @@
 """The one exception type for unusable datasets, files and data flags."""
 
 from hfsnet.errors import HfsnetError
+from hfsnet.textutil import printable
 
 
 class DataError(HfsnetError):
@@ -13,7 +14,7 @@ class DataError(HfsnetError):
 
 def listing(items: list[str], limit: int = 10) -> str:
     """Up to ``limit`` items joined for a message, then how many more there are."""
-    shown = "; ".join(items[:limit])
+    shown = "; ".join(printable(item) for item in items[:limit])
     rest = len(items) - limit
     return f"{shown}; and {rest} more" if rest > 0 else shown
 

@@ -29,7 +29,7 @@ from hfsnet.models import (
 )
 from hfsnet.models.options import check_image_size, unknown_option
 from hfsnet.models.share import share
-from hfsnet.train.checkpoint import Checkpoint, CheckpointError
+from hfsnet.train.checkpoint import Checkpoint, CheckpointError, check_weights
 
 DEFAULT_IMAGE_SIZE = 32  # px, when the caller gives none (CIFAR)
 
@@ -159,10 +159,9 @@ def register_user_model(spec: str) -> None:
 
 def load_weights(model: nn.Module, ckpt: Checkpoint) -> None:
     """Load the checkpoint's model weights into ``model``, which must fit them exactly."""
-    missing, unexpected = model.load_state_dict(ckpt.section("model"), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{ckpt.path}: weights do not fit this network (missing "
-                              f"{missing[:5]}, unexpected {unexpected[:5]})")
+    weights = ckpt.section("model")
+    check_weights(ckpt.path, model, weights)
+    model.load_state_dict(weights)
 
 
 def model_from_checkpoint(ckpt: Checkpoint, model: str | None = None) -> FeatureClassifier:

@@ -6,13 +6,13 @@ rest is JSON in the safetensors header, and the model is rebuilt through the reg
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
-import os
-import tempfile
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError
@@ -21,7 +21,10 @@ from safetensors.torch import save as st_save
 
 from hfsnet.data import DataSplits
 from hfsnet.errors import HfsnetError
-from hfsnet.models import FeatureClassifier, UnknownModelError, create_model
+from hfsnet.fsutil import WriteError, atomic_link, atomic_write_bytes, tensor_digest
+from hfsnet.models import FeatureClassifier, ModelError, create_model
+from hfsnet.train import checkpoint_schema as schema
+from hfsnet.train.checkpoint_schema import SchemaError
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -32,14 +35,13 @@ class CheckpointError(HfsnetError):
     """A checkpoint that cannot be used; the message names the file and the reason."""
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name]
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+@contextlib.contextmanager
+def _refusing(path: Path) -> Iterator[None]:
+    """Turn a SchemaError (which names the field) into a CheckpointError naming the file too."""
+    try:
+        yield
+    except SchemaError as err:
+        raise CheckpointError(f"{path}: {err}") from None
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -67,27 +69,6 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict[str, Any]
     return {"state": state, "param_groups": plain["param_groups"]}
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, rename: readers see the old file
-    or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
 def save_checkpoint(
     path: Path,
     model: FeatureClassifier,
@@ -105,7 +86,7 @@ def save_checkpoint(
         tensors.update(opt_tensors)
     for name, value in (extra_tensors or {}).items():
         tensors[f"extra.{name}"] = value.detach().cpu().contiguous()
-    meta["sha256"] = _digest(tensors)
+    meta["sha256"] = tensor_digest(tensors)
     atomic_write_bytes(path, st_save(tensors, metadata={_META_KEY: json.dumps(meta)}))
 
 
@@ -125,12 +106,13 @@ class Checkpoint:
         return _unflatten_optimizer(self.tensors, self.meta["optimizer"])
 
     def build_model(self) -> FeatureClassifier:
-        """Rebuild the model through the registry and load its weights."""
+        """Rebuild the model through the registry and load its weights, which must have
+        exactly the model's tensor names, dtypes and shapes, and be finite."""
         meta = self.meta
         try:
             model = create_model(meta["model"], num_classes=meta["num_classes"],
                                  in_channels=meta["in_channels"], **meta["model_options"])
-        except UnknownModelError as err:
+        except ModelError as err:
             if ":" in meta["model"]:
                 raise CheckpointError(
                     f"{self.path}: the model is the user network {meta['model']}; pass --model "
@@ -138,20 +120,23 @@ class Checkpoint:
                     f"checkpoint)") from None
             raise CheckpointError(f"{self.path}: {err}") from None
         weights = self.section("model")
-        bad = [k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()]
-        if bad:
-            raise CheckpointError(f"{self.path}: non-finite weights in {bad[:3]}; refusing to "
-                                  f"use them")
-        expected = model.state_dict()
-        misfit = [k for k, v in expected.items() if k not in weights or weights[k].shape != v.shape]
-        unexpected = [k for k in weights if k not in expected]
-        if misfit or unexpected:
-            raise CheckpointError(
-                f"{self.path}: weights do not fit model {meta['model']!r} "
-                f"(missing or misshapen {misfit[:5]}, unexpected {unexpected[:5]})"
-            )
+        check_weights(self.path, model, weights)
         model.load_state_dict(weights)
         return model
+
+
+def check_weights(path: Path, model: torch.nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+    """Refuse ``weights`` (the checkpoint ``path``'s model section) unless they have exactly
+    ``model``'s tensor names, dtypes and shapes and are finite: ``load_state_dict`` would cast
+    a float64 tensor silently and run on NaN."""
+    try:
+        schema.check_tensors(weights, model.state_dict(), "model.")
+    except SchemaError as err:
+        name = getattr(model, "model_name", type(model).__name__)
+        raise CheckpointError(f"{path}: weights do not fit model {name!r}: {err}") from None
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise CheckpointError(f"{path}: non-finite weights in {bad[:3]}; refusing to use them")
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
@@ -166,26 +151,85 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read and verify a checkpoint; never unpickles."""
+    """Read and verify a checkpoint; never unpickles.
+
+    The header and the metadata are checked (``checkpoint_schema``) before the tensor bytes
+    are read; then the tensors are checked against the metadata's checksum."""
     p = resolve_checkpoint_path(path)
-    payload = p.read_bytes()
+    try:
+        with p.open("rb") as file, _refusing(p):
+            header = schema.read_header(file, p.stat().st_size)
+            meta = _read_meta(header)
+            file.seek(0)
+            payload = file.read()
+    except OSError as err:
+        raise CheckpointError(f"{p}: cannot read the checkpoint ({err.strerror or err})") from None
     try:
         tensors = st_load(payload)
-        header_len = int.from_bytes(payload[:8], "little")
-        header = json.loads(payload[8 : 8 + header_len])
-        meta = json.loads(header["__metadata__"][_META_KEY])
-    except (SafetensorError, ValueError, KeyError, TypeError) as err:
+    except SafetensorError as err:
         raise CheckpointError(f"{p}: not a readable hfsnet checkpoint ({err})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{p}: format version {meta.get('format_version')!r}, "
-                              f"this hfsnet reads {FORMAT_VERSION}")
-    if _digest(tensors) != meta.get("sha256"):
+    if tensor_digest(tensors) != meta["sha256"]:
         raise CheckpointError(f"{p}: checksum mismatch: the file is corrupt")
     return Checkpoint(p, meta, tensors)
 
 
-def _step_of(path: Path) -> int:
-    return int(path.stem.split("-")[1])
+def _read_meta(header: dict[str, Any]) -> dict[str, Any]:
+    """The hfsnet metadata of a checked safetensors header, itself checked."""
+    text = header.get("__metadata__", {}).get(_META_KEY)
+    if text is None:
+        raise SchemaError(f"no {_META_KEY!r} metadata: not an hfsnet checkpoint")
+    # surrogatepass: a lone surrogate (JSON allows "\ud800") is then refused as bad JSON
+    meta = schema.parse_json(text.encode("utf-8", "surrogatepass"), "metadata")
+    if isinstance(meta, dict) and meta.get("format_version") != FORMAT_VERSION:
+        raise SchemaError(f"format version {meta.get('format_version')!r}, this hfsnet reads "
+                          f"{FORMAT_VERSION}")
+    schema.check_meta(meta, [name for name in header if name != "__metadata__"])
+    return meta
+
+
+def check_resume_meta(ckpt: Checkpoint) -> None:
+    """Refuse to resume from ``ckpt`` unless its metadata has every field a resumed run reads
+    (the config, position, running sums, history, RNG and optimizer state, data digest)."""
+    with _refusing(ckpt.path):
+        schema.require(ckpt.meta, schema.RESUME_FIELDS, "a resumable checkpoint")
+
+
+class Averager(Protocol):
+    """A weight average or lookahead: what ``Trainer.restore`` loads from ``extra.<name>``."""
+
+    def state_tensors(self) -> dict[str, torch.Tensor]: ...
+
+
+def check_resume_state(ckpt: Checkpoint, optimizer: torch.optim.Optimizer, *,
+                       model: torch.nn.Module, tally: object,
+                       averages: Mapping[str, Averager | None]) -> None:
+    """Refuse to resume from ``ckpt`` unless everything ``Trainer.restore`` loads fits the
+    Trainer it restores: the resume fields of the metadata, the weights (``model``), the
+    optimizer state (``optimizer``), the epoch's running sums (only the fields of the
+    dataclass instance ``tally``), the RNG states, and each weight average in ``averages``
+    (``extra.<name>`` in the file; None: not used by this run)."""
+    meta = ckpt.meta
+    check_resume_meta(ckpt)
+    with _refusing(ckpt.path):
+        check_weights(ckpt.path, model, ckpt.section("model"))
+        schema.check_optimizer_fit(meta["optimizer"], ckpt.tensors, optimizer)
+        schema.check_tally(meta["tally"], schema.dataclass_fields(tally))
+        schema.check_rng(meta["rng"], ckpt.tensors)
+        for name, average in averages.items():
+            if average is not None:
+                schema.check_tensors(ckpt.section(f"extra.{name}"), average.state_tensors(),
+                                     f"extra.{name}.")
+
+
+# Exactly the names CheckpointStore.save writes; anything else in checkpoints/ (a copy the
+# user made, notes) is not ours and never read.
+_STEP_NAME = re.compile(r"step-(\d{9,})\.safetensors")
+
+
+def _step_of(path: Path) -> int | None:
+    """The step of a step checkpoint's file name; None for names that are not ours."""
+    match = _STEP_NAME.fullmatch(path.name)
+    return int(match.group(1)) if match else None
 
 
 class CheckpointStore:
@@ -210,8 +254,10 @@ class CheckpointStore:
         return self.run_dir / CHECKPOINT_NAME
 
     def step_files(self) -> list[Path]:
-        """Complete step checkpoints, oldest first (temporary files are not listed)."""
-        return sorted(self.step_dir.glob("step-*.safetensors"), key=_step_of)
+        """Complete step checkpoints, oldest first (temporary files and names that are not
+        ``step-NNNNNNNNN.safetensors`` are not listed)."""
+        steps = {path: _step_of(path) for path in self.step_dir.glob("step-*.safetensors")}
+        return sorted((p for p, step in steps.items() if step is not None), key=steps.__getitem__)
 
     def clean_temporaries(self) -> list[Path]:
         """Delete leftovers of saves that were killed midway; they are never read."""
@@ -226,23 +272,13 @@ class CheckpointStore:
         path = self.step_dir / f"step-{step:09d}.safetensors"
         try:
             save_checkpoint(path, model, meta, optimizer=optimizer, extra_tensors=extra_tensors)
-            self._point_latest_at(path)
-        except OSError as err:
+            atomic_link(path, self.latest)
+        except WriteError as err:
             previous = self.latest if self.latest.exists() else "none yet"
-            raise CheckpointError(f"could not save checkpoint {path}: {err}; the previous "
-                                  f"checkpoint ({previous}) is intact") from err
+            raise CheckpointError(f"{err}; the previous checkpoint ({previous}) is "
+                                  "intact") from err
         self._rotate()
         return path
-
-    def _point_latest_at(self, path: Path) -> None:
-        tmp = self.run_dir / f".{CHECKPOINT_NAME}.{os.getpid()}.tmp"
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(path, tmp)
-        except OSError:
-            atomic_write_bytes(self.latest, path.read_bytes())  # no hard links here: copy
-            return
-        os.replace(tmp, self.latest)
 
     def _rotate(self) -> None:
         files = self.step_files()

@@ -9,7 +9,7 @@ import torch
 
 from hfsnet.data import DataSplits, load_dataset
 from hfsnet.models import FeatureClassifier, create_model
-from hfsnet.train.checkpoint import CheckpointError, CheckpointStore
+from hfsnet.train.checkpoint import CheckpointError, CheckpointStore, check_resume_meta
 from hfsnet.train.config import TrainConfig
 from hfsnet.train.distributed import init_distributed
 from hfsnet.train.loop import Trainer, TrainResult
@@ -85,6 +85,7 @@ def resume_trainer(run_dir: str | Path, *, data: DataSplits | None = None,
     if ckpt is None:
         raise CheckpointError(f"--resume: no valid checkpoint in {run_dir}")
     check_belongs(run_dir, ckpt.path, ckpt.meta.get("run_id"))
+    check_resume_meta(ckpt)
     config = TrainConfig.from_dict(ckpt.meta["config"])
     _prepare(config)
     data = data if data is not None else load_data(config)

@@ -5,6 +5,10 @@ weights, data, preprocessing, levels, pooling), so a changed input gets a new di
 same input finds the old one. A cache is built in a temporary directory under ``<root>`` and
 renamed into place only once complete: an interrupted build is never read, and the next build
 under the same root deletes what a killed builder left behind.
+
+Opening a cache checks its manifest's form (:func:`check_manifest`: every field a reader uses,
+with its type) and every array's shape, dtype and sha256, so a damaged or edited cache is a
+CacheError naming the file and the field, never a KeyError.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -22,16 +27,19 @@ from typing import Any
 import numpy as np
 from numpy.lib.format import open_memmap
 
+from hfsnet.fsutil import atomic_replace_dir, file_digest
 from hfsnet.transfer.errors import CacheError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "test")
-BLOCK = 1 << 22  # bytes hashed per read
 
 # Key field -> how an error message names it.
 KEY_FIELDS = {"trunk": "trunk (model and weights)", "data": "data (images and labels)",
               "preprocessing": "preprocessing", "levels": "levels", "pool": "pooling"}
+# The arrays every cache holds: N x width descriptors and N labels per split.
+ARRAY_NAMES = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("features", "labels"))
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -81,24 +89,71 @@ class FeatureCache:
         return int(self.manifest["width"])
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while block := file.read(BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError:
         raise CacheError(f"{path}: no {MANIFEST}: not a feature cache") from None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise CacheError(f"{path / MANIFEST}: unreadable manifest ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         raise CacheError(f"{path / MANIFEST}: not a version-{FORMAT_VERSION} cache manifest")
+    check_manifest(path / MANIFEST, manifest)
     return manifest
+
+
+def check_manifest(file: Path, manifest: dict[str, Any]) -> None:
+    """Every manifest field a reader uses is there with its type and consistent with the
+    others; a CacheError names ``file`` and the field otherwise."""
+
+    def bad(field: str, expected: str) -> CacheError:
+        return CacheError(f"{file}: field {field!r}: expected {expected}")
+
+    key = manifest.get("key")
+    if not isinstance(key, dict) or set(key) != set(KEY_FIELDS):
+        raise bad("key", f"an object with {', '.join(KEY_FIELDS)}")
+    levels = key["levels"]
+    if not (isinstance(key["trunk"], dict) and isinstance(key["preprocessing"], dict)
+            and isinstance(key["data"], str) and isinstance(key["pool"], str)):
+        raise bad("key", "trunk and preprocessing objects, data and pool strings")
+    if not (_is_int_list(levels) and levels and levels == sorted(set(levels))):
+        raise bad("key.levels", "increasing stage numbers >= 1")
+    classes = manifest.get("classes")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise bad("classes", "a list of class names")
+    width = manifest.get("width")
+    if not (_is_int_list([width]) and all(_is_int_list(manifest.get(name)) and len(
+            manifest[name]) == len(levels) for name in ("level_channels", "level_widths"))
+            and sum(manifest["level_widths"]) == width):
+        raise bad("width", "an integer >= 1, the sum of level_widths (one per level, like "
+                  "level_channels)")
+    names = manifest.get("level_names")
+    if not (isinstance(names, list) and len(names) == len(levels)
+            and all(isinstance(n, str) for n in names)):
+        raise bad("level_names", "one stage name per level")
+    _check_array_entries(file, manifest.get("arrays"), width, bad)
+
+
+def _check_array_entries(file: Path, arrays: Any, width: int,
+                         bad: Callable[[str, str], CacheError]) -> None:
+    if not isinstance(arrays, dict) or set(arrays) != set(ARRAY_NAMES):
+        raise bad("arrays", f"an object with {', '.join(ARRAY_NAMES)}")
+    for name, entry in arrays.items():
+        if not (isinstance(entry, dict) and _is_int_list(entry.get("shape"), minimum=0)
+                and isinstance(entry.get("dtype"), str) and isinstance(entry.get("sha256"), str)
+                and _SHA256.fullmatch(entry["sha256"])):
+            raise bad(f"arrays.{name}", "an object with shape, dtype and sha256")
+    for split in SPLITS:
+        features, labels = arrays[f"{split}_features"]["shape"], arrays[f"{split}_labels"]["shape"]
+        if len(features) != 2 or features[1] != width or labels != features[:1]:
+            raise bad(f"arrays.{split}_features", f"shape [N, {width}] with labels of shape [N]")
+        if arrays[f"{split}_labels"]["dtype"] != "int64":
+            raise bad(f"arrays.{split}_labels", "dtype int64")
+
+
+def _is_int_list(value: Any, minimum: int = 1) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
 
 
 def _verify_arrays(path: Path, manifest: dict[str, Any]) -> None:
@@ -114,15 +169,23 @@ def _verify_arrays(path: Path, manifest: dict[str, Any]) -> None:
         if list(array.shape) != entry["shape"] or str(array.dtype) != entry["dtype"]:
             raise CacheError(f"{file}: array is {array.dtype} {list(array.shape)}, the manifest "
                              f"says {entry['dtype']} {entry['shape']}")
-        if file_sha256(file) != entry["sha256"]:
+        if file_digest(file) != entry["sha256"]:
             raise CacheError(f"{file}: checksum mismatch: the array is corrupt")
 
 
 def open_cache(path: Path) -> FeatureCache:
-    """Open the cache at ``path`` after checking its manifest and every array's checksum."""
+    """Open the cache at ``path`` after checking its manifest, every array's checksum and the
+    labels against the class list."""
     manifest = _read_manifest(path)
     _verify_arrays(path, manifest)
-    return FeatureCache(path, manifest)
+    cache = FeatureCache(path, manifest)
+    for split in SPLITS:
+        labels = cache.labels(split)
+        outside = np.flatnonzero((labels < 0) | (labels >= len(cache.classes)))
+        if len(outside):
+            raise CacheError(f"{path / f'{split}_labels.npy'}: label {labels[outside[0]]} is out "
+                             f"of range for the manifest's {len(cache.classes)} classes")
+    return cache
 
 
 def check_key(cache: FeatureCache, wanted: CacheKey) -> None:
@@ -162,11 +225,11 @@ def build_cache(root: Path, key: CacheKey, fill: ArrayWriter) -> FeatureCache:
             array.flush()
         maps.clear()
         for name, entry in arrays.items():
-            entry["sha256"] = file_sha256(tmp / f"{name}.npy")
+            entry["sha256"] = file_digest(tmp / f"{name}.npy")
         manifest = {"format_version": FORMAT_VERSION, "key": key.to_dict(),
                     "key_digest": key.digest(), **extra, "arrays": arrays}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _move_into_place(tmp, final)
+        atomic_replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -184,8 +247,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_builds(root: Path) -> list[Path]:
-    """Delete the temporary and set-aside directories (``.<digest>.<pid>.*``) of builders that
-    no longer run (killed mid-build); a live builder's are left alone. Returns what it deleted."""
+    """Delete the temporary and set-aside directories (``.<digest>.<pid>.*``, the names
+    ``build_cache`` and ``atomic_replace_dir`` give them) of builders that no longer run (killed
+    mid-build); a live builder's are left alone. Returns what it deleted."""
     stale = []
     for path in root.glob(".*.*.*"):
         parts = path.name.split(".")
@@ -194,14 +258,3 @@ def remove_stale_builds(root: Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             stale.append(path)
     return stale
-
-
-def _move_into_place(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an old ``final`` is first renamed aside, then deleted."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.{os.getpid()}.old")
-        os.rename(final, old)
-    os.rename(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
