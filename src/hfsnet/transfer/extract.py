@@ -16,12 +16,13 @@ import torch
 from numpy.lib.format import open_memmap
 
 from hfsnet.data import BatchLoader, DataSplits, ImageSet
+from hfsnet.fsutil import tensor_digest
 from hfsnet.models import FeatureClassifier
+from hfsnet.models.head import level_widths, pool_levels
+from hfsnet.models.level_head import trunk_spec
 from hfsnet.train.distributed import DistContext, init_distributed
-from hfsnet.train.runtime import autocast
 from hfsnet.transfer.errors import CacheError
-from hfsnet.transfer.head import trunk_spec
-from hfsnet.transfer.levels import level_widths, pool_levels
+from hfsnet.transfer.frozen import FrozenTrunk
 from hfsnet.transfer.store import (
     MANIFEST,
     SPLITS,
@@ -57,14 +58,8 @@ class CacheResult:
 
 def weights_digest(model: FeatureClassifier) -> str:
     """sha256 over the trunk's parameters and buffers (everything outside ``.head``)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith("head."):
-            continue
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return tensor_digest({name: tensor for name, tensor in model.state_dict().items()
+                          if not name.startswith("head.")})
 
 
 def data_digest(data: DataSplits) -> str:
@@ -90,13 +85,18 @@ def cache_key(model: FeatureClassifier, data: DataSplits, spec: CacheSpec) -> Ca
 @torch.inference_mode()
 def extract(model: FeatureClassifier, images: ImageSet, features: np.ndarray,
             labels: np.ndarray, spec: CacheSpec) -> None:
-    """Write the descriptor and label of every image of ``images``, in order."""
+    """Write the descriptor and label of every image of ``images``, in order.
+
+    The trunk runs as a :class:`FrozenTrunk`: a copy with its batch norms folded, channels-last,
+    in ``spec.precision``, compiled when the split is large enough to repay the compile time.
+    """
     loader = BatchLoader(images, spec.batch_size, mean=spec.mean, std=spec.std,
                          device=spec.device, channels_last=True)
+    trunk = FrozenTrunk(model, precision=spec.precision, compile="auto",
+                        n_images=len(images), device=spec.device)
     row = 0
     for x, y in loader.epoch(0):
-        with autocast(spec.device, spec.precision):
-            pooled = pool_levels(model.forward_features(x), spec.levels, spec.pool)
+        pooled = pool_levels(trunk(x), spec.levels, spec.pool)
         half = pooled.float().cpu().numpy().astype(np.float16)
         if not np.isfinite(half).all():
             raise CacheError("trunk features overflow float16 (|x| > 65504); this trunk's "
