@@ -12,6 +12,7 @@ import tempfile
 import pytest
 import torch
 
+from hfsnet import fsutil
 from hfsnet.errors import HfsnetError
 from hfsnet.fsutil import (
     WriteError,
@@ -227,3 +228,26 @@ def test_temporary_names_match_the_checkpoint_cleanup_pattern(target, monkeypatc
     atomic_write_bytes(target, b"new")
     (name,) = renamed
     assert name.startswith(f".{target.name}.") and name.endswith(".tmp")
+
+
+def test_several_files_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"old a")
+    b.write_bytes(b"old b")
+    real_fsync = fsutil.os.fsync
+    calls = []
+
+    def fsync_fails_on_the_second_file(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(fsutil.os, "fsync", fsync_fails_on_the_second_file)
+    with pytest.raises(fsutil.WriteError, match="No space left on device"):
+        fsutil.atomic_write_files({a: b"new a", b: b"new b"})
+    assert (a.read_bytes(), b.read_bytes()) == (b"old a", b"old b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin"]
+    monkeypatch.setattr(fsutil.os, "fsync", real_fsync)
+    fsutil.atomic_write_files({a: b"new a", b: b"new b"})
+    assert (a.read_bytes(), b.read_bytes()) == (b"new a", b"new b")

@@ -44,27 +44,62 @@ def atomic_write(path: Path, writer: Callable[[BinaryIO], object]) -> None:
     OSError (its own or the write's) becomes a WriteError, any other exception propagates.
     """
     path = Path(path)
+    temp = _write_temporary(path, writer)
+    _put_in_place({path: temp})
+
+
+def atomic_write_files(files: Mapping[Path, bytes]) -> None:
+    """Replace several files together: every new file is written and fsynced beside its target
+    first, and only then are they renamed into place. A failed write (a full disk) leaves every
+    target as it was; only a rename can fail between the renames, and renames do not need
+    space."""
+    temps: dict[Path, Path] = {}
+    try:
+        for path, data in files.items():
+            temps[Path(path)] = _write_temporary(Path(path), lambda f, d=data: f.write(d))
+    except BaseException:
+        for temp in temps.values():
+            temp.unlink(missing_ok=True)
+        raise
+    _put_in_place(temps)
+
+
+def _write_temporary(path: Path, writer: Callable[[BinaryIO], object]) -> Path:
+    """A complete, fsynced temporary file beside ``path`` holding what ``writer`` writes."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX,
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX,
                                         dir=path.parent)
     except OSError as err:
         raise WriteError.from_os_error(path, err) from err
+    temp = Path(name)
     try:
         with os.fdopen(handle, "wb") as file:
             writer(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temp, path)
     except BaseException as err:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise WriteError.from_os_error(path, err) from err
         raise
-    try:
-        fsync_dir(path.parent)
-    except OSError as err:  # the new file is in place, but may not survive a power cut
-        raise WriteError.from_os_error(path.parent, err) from err
+    return temp
+
+
+def _put_in_place(temps: Mapping[Path, Path]) -> None:
+    """Rename each temporary over its target, then fsync the directories."""
+    for path, temp in temps.items():
+        try:
+            os.replace(temp, path)
+        except OSError as err:
+            for left in temps.values():
+                left.unlink(missing_ok=True)
+            raise WriteError.from_os_error(path, err) from err
+    for folder in sorted({path.parent for path in temps}):
+        try:
+            fsync_dir(folder)
+        except OSError as err:  # the new files are in place, but may not survive a power cut
+            raise WriteError.from_os_error(folder, err) from err
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

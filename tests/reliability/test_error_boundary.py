@@ -300,9 +300,7 @@ def test_export_to_a_full_disk_keeps_the_previous_file(run, tmp_path, capsys, mo
 
 @pytest.mark.parametrize("name", [
     "checkpoint.safetensors",
-    pytest.param("result.json", marks=pytest.mark.xfail(
-        strict=True, reason="transfer/fit.py save_head_run writes result.json with "
-        "Path.write_text, not the atomic writer")),
+    "result.json",
 ])
 def test_fit_head_on_a_full_disk_keeps_the_previous_files(run, folder, head_run, tmp_path,
                                                           capsys, monkeypatch, name):

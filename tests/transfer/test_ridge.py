@@ -89,3 +89,22 @@ def test_temperature_minimises_held_out_cross_entropy():
     assert cross_entropy(fit.temperature) <= cross_entropy(fit.temperature * step)
     assert cross_entropy(fit.temperature) <= cross_entropy(fit.temperature / step)
     assert cross_entropy(fit.temperature) < cross_entropy(1.0)
+
+
+def test_without_standardisation_the_penalty_is_on_raw_columns():
+    x, y = problem()
+    fit = fit_ridge(x, y, 3, alphas=[0.1], standardize=False)
+    raw = x.astype(np.float64)
+    centred = raw - raw.mean(0)
+    lam = 0.1 * np.trace(centred.T @ centred) / raw.shape[1]
+    target = np.eye(3)[y]
+    coef = np.linalg.solve(centred.T @ centred + lam * np.eye(raw.shape[1]),
+                           centred.T @ (target - target.mean(0)))
+    np.testing.assert_allclose(fit.weight.numpy(), coef.T, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fit.scale.numpy(), np.ones(raw.shape[1]))
+
+
+def test_unknown_alpha_selection_is_refused():
+    x, y = problem()
+    with pytest.raises(CacheError, match="--alpha-select"):
+        fit_ridge(x, y, 3, alpha_select="cv")

@@ -56,9 +56,15 @@ def out_file(text: str) -> Path:
 
 
 def emit(args: argparse.Namespace, payload: dict[str, Any]) -> None:
-    """Print ``payload`` as the last stdout line when --json was given."""
+    """Print ``payload`` as the last stdout line when --json was given (paths as strings)."""
     if args.json:
-        print(json.dumps(payload))
+        print(json.dumps(payload, default=_path_text))
+
+
+def _path_text(value: object) -> str:
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def parse_option(text: str) -> tuple[str, Any]:

@@ -7,13 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hfsnet.cli.common import add_common, add_threads, emit
+from hfsnet.cli.common import add_common, add_threads, emit, out_dir
 from hfsnet.cli.config_flags import add_config_flags, given_values
 from hfsnet.data import DataError, DataSplits, data_spec, load_dataset
+from hfsnet.textutil import printable
 from hfsnet.train.config import RECIPES, TrainConfig, resolve_config
 from hfsnet.train.distributed import launch_torchrun
 from hfsnet.transfer.finetune import FinetuneOptions, finetune
 from hfsnet.transfer.fit import HeadOptions, cache_for, fit_head
+from hfsnet.transfer.incremental import add_to_head
 from hfsnet.transfer.sgd import SgdOptions
 from hfsnet.transfer.source import Source, for_trunk, load_source
 from hfsnet.transfer.subsets import few_shot, select_classes
@@ -25,9 +27,10 @@ def _out(args: argparse.Namespace) -> Any:
 
 
 def target_data(args: argparse.Namespace, source: Source, seed: int,
-                val_split: float = 0.0) -> DataSplits:
-    """--data, resized as the trunk's training data was, then --classes and --per-class."""
-    data = load_dataset(data_spec(args.data), val_split=val_split, seed=seed,
+                val_split: float = 0.0, spec: str | None = None) -> DataSplits:
+    """--data (or ``spec``), resized as the trunk's training data was, then --classes and
+    --per-class."""
+    data = load_dataset(spec or data_spec(args.data), val_split=val_split, seed=seed,
                         image_size=source.config.get("image_size"))
     if args.classes:
         data = select_classes(data, [name.strip() for name in args.classes.split(",")])
@@ -39,7 +42,7 @@ def target_data(args: argparse.Namespace, source: Source, seed: int,
 
 
 def default_cache(args: argparse.Namespace, source: Source) -> Path:
-    return Path(args.cache) if args.cache else source.checkpoint.path.parent / "feature-cache"
+    return Path(args.cache) if args.cache else source.default_cache
 
 
 def head_options(args: argparse.Namespace) -> HeadOptions:
@@ -57,8 +60,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
     manifest = found.cache.manifest
     shapes = {name: entry["shape"] for name, entry in manifest["arrays"].items()}
     state = f"built in {found.seconds:.1f}s" if found.built else "reused"
-    print(f"cache {found.cache.path} ({state}): {manifest['width']}-wide descriptors of "
-          f"{', '.join(manifest['level_names'])} ({found.cache.key['pool']}); train "
+    levels = ", ".join(printable(name) for name in manifest["level_names"])
+    print(f"cache {printable(str(found.cache.path))} ({state}): {manifest['width']}-wide "
+          f"descriptors of {levels} ({printable(found.cache.key['pool'])}); train "
           f"{shapes['train_features'][0]}, test {shapes['test_features'][0]} images",
           file=_out(args))
     emit(args, {"path": str(found.cache.path), "built": found.built, "seconds": found.seconds,
@@ -68,16 +72,41 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+# HeadOptions that --add takes from the earlier fit instead of the flags.
+FIXED_BY_ADD = ("method", "levels", "pool", "hidden", "holdout", "normalize", "select", "expand",
+                "expand_input", "alpha_select")
+
+
 def cmd_fit_head(args: argparse.Namespace) -> int:
     source = load_source(args.checkpoint)
     options = head_options(args)
     options.sgd = SgdOptions(**given_values(args, SgdOptions))
+    if args.add is not None:
+        return _add_to_head(args, source, options)
     data = target_data(args, source, options.seed)
     result = fit_head(source, data, Path(args.out), default_cache(args, source), options)
     state = f"built in {result.cache_seconds:.1f}s" if result.cache_built else "reused"
     print(f"{result.method} head on {result.width}-wide descriptors of stages {result.levels} "
           f"({result.pool}), fitted in {result.fit_seconds:.2f}s (cache {state}): test "
           f"accuracy {100 * result.test_acc:.2f}% on cached features; saved to {args.out}",
+          file=_out(args))
+    emit(args, {**result.to_dict(), "out_dir": args.out})
+    return 0
+
+
+def _add_to_head(args: argparse.Namespace, source: Source, options: HeadOptions) -> int:
+    fixed = sorted(set(given_values(args, HeadOptions)) & set(FIXED_BY_ADD))
+    if args.data is not None or fixed:
+        flags = ["--data"] if args.data is not None else []
+        flags += ["--" + name.replace("_", "-") for name in fixed]
+        raise DataError(f"--add: the head's data and fit come from --checkpoint; drop "
+                        f"{', '.join(flags)}")
+    data = target_data(args, source, options.seed, spec=data_spec(args.add))
+    result = add_to_head(source, data, Path(args.out), default_cache(args, source), options)
+    added = result.details
+    print(f"added {added['added_rows']} images ({len(added['new_classes'])} new classes) to the "
+          f"ridge head of {args.checkpoint}: {added['rows']} rows in all; test accuracy "
+          f"{100 * result.test_acc:.2f}% on --add's test images; saved to {args.out}",
           file=_out(args))
     emit(args, {**result.to_dict(), "out_dir": args.out})
     return 0
@@ -140,8 +169,13 @@ def add_commands(sub: Any) -> None:
                        "complete checkpoint")
     _data_flags(p)
     _cache_flags(p, "cache root directory or an existing cache")
-    p.add_argument("--out", required=True, help="run directory for the new checkpoint")
-    add_config_flags(p, HeadOptions, only=("method", "holdout", "hidden"))
+    p.add_argument("--out", required=True, type=out_dir,
+                   help="run directory for the new checkpoint")
+    add_config_flags(p, HeadOptions, only=("method", "holdout", "hidden", "normalize", "select",
+                                           "expand", "expand_input", "alpha_select"))
+    p.add_argument("--add", metavar="DATA", help="add DATA's training images (new classes, or "
+                   "more of the old) to the ridge head in --checkpoint (an earlier fit-head "
+                   "output) from its saved statistics, without the old images")
     add_config_flags(p, SgdOptions, exclude=("seed",))
     add_common(p)
     p.set_defaults(func=cmd_fit_head)
@@ -150,7 +184,7 @@ def add_commands(sub: Any) -> None:
                        "head and trunk learning rates")
     _data_flags(p)
     _cache_flags(p, "--head-init cache: cache root directory or an existing cache")
-    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--out", required=True, type=out_dir, help="run directory")
     p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     add_config_flags(p, TrainConfig, only=FINETUNE_CONFIG)
     add_config_flags(p, FinetuneOptions)

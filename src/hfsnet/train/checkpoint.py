@@ -78,6 +78,18 @@ def save_checkpoint(
     extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Save ``model`` (and optionally ``optimizer``) with ``meta`` atomically to ``path``."""
+    atomic_write_bytes(path, checkpoint_bytes(model, meta, optimizer=optimizer,
+                                              extra_tensors=extra_tensors))
+
+
+def checkpoint_bytes(
+    model: FeatureClassifier,
+    meta: dict[str, Any],
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+) -> bytes:
+    """The checkpoint file :func:`save_checkpoint` writes, as bytes."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {**meta, "format_version": FORMAT_VERSION, "model": model.model_name,
             "model_options": model.model_options, "num_classes": model.num_classes}
@@ -87,7 +99,7 @@ def save_checkpoint(
     for name, value in (extra_tensors or {}).items():
         tensors[f"extra.{name}"] = value.detach().cpu().contiguous()
     meta["sha256"] = tensor_digest(tensors)
-    atomic_write_bytes(path, st_save(tensors, metadata={_META_KEY: json.dumps(meta)}))
+    return st_save(tensors, metadata={_META_KEY: json.dumps(meta)})
 
 
 @dataclass

@@ -1,16 +1,25 @@
 """Closed-form ridge regression of one-hot targets on cached descriptors (the seed's phi = W^T X).
 
-Only sufficient statistics are accumulated, in float64 over chunks of rows, so memory does not
-grow with the number of rows: n, sum x, X^T X, X^T Y and sum y. Features are standardised with
-the training mean and standard deviation, the intercept is not penalised, and the ridge strength
-is ``alpha * trace(C) / d`` (C the standardised, centred Gram matrix) so one grid fits any
-feature scale and row count. ``alpha`` is chosen by accuracy on a held-out share of the rows,
-then the model is refitted on every row.
+Only sufficient statistics are accumulated (:class:`~hfsnet.transfer.stats.Moments`), in float64
+over chunks of rows, so memory does not grow with the number of rows: n, sum x, X^T X, X^T Y and
+sum y. Features are standardised with the training mean and standard deviation (or only centred,
+``standardize=False``, for descriptors a transform has already normalised), the intercept is not
+penalised, and the ridge strength is ``alpha * trace(C) / d`` (C the scaled, centred Gram matrix)
+so one grid fits any feature scale and row count.
+
+``alpha`` is chosen on the grid either by accuracy on a held-out share of the rows (``holdout``),
+then refitted on every row, or by exact leave-one-out (``loo``): for a fixed strength ridge with
+an unpenalised intercept is a linear smoother y_hat = H y, H = 11^T/n + Z (Z^T Z + lam I)^-1 Z^T
+(Z the centred rows), so the prediction for row i of the fit without row i is
+y_i - (y_i - y_hat_i) / (1 - h_ii). One eigendecomposition of the Gram matrix gives H's diagonal
+and the fitted values for every alpha in one more pass over the rows; the alpha with the best LOO
+accuracy wins (ties: the lower LOO squared error, then the stronger alpha).
 
 Regression scores of one-hot targets sit around 0..1, far too flat for a softmax, so the fit also
 carries a temperature: the factor on the scores that minimises cross-entropy on the held-out rows
-(on the training rows when there is nothing held out). It leaves every argmax unchanged and makes
-``predict``'s probabilities, ``evaluate``'s loss and fine-tuning from this head start sensibly.
+(on the LOO predictions with ``loo``; on the training rows when there is nothing to choose). It
+leaves every argmax unchanged and makes ``predict``'s probabilities, ``evaluate``'s loss and
+fine-tuning from this head start sensibly.
 """
 
 from __future__ import annotations
@@ -23,58 +32,22 @@ import torch
 import torch.nn.functional as F
 
 from hfsnet.transfer.errors import CacheError
-from hfsnet.transfer.stats import CHUNK, safe_std
+from hfsnet.transfer.stats import CHUNK, Moments, Rows, as_rows, safe_std
 from hfsnet.transfer.threads import single_thread
 
 ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))
 TEMPERATURES = tuple(float(t) for t in np.logspace(-1, 3, 81))  # 12% steps
+ALPHA_SELECTS = ("holdout", "loo")
 
-
-@dataclass
-class Moments:
-    """Sufficient statistics of rows x (d) and one-hot targets y (k), float64."""
-
-    sx: torch.Tensor
-    sxx: torch.Tensor
-    sxy: torch.Tensor
-    sy: torch.Tensor
-    n: int = 0
-
-    @classmethod
-    def zeros(cls, d: int, k: int) -> Moments:
-        f64 = torch.float64
-        return cls(torch.zeros(d, dtype=f64), torch.zeros(d, d, dtype=f64),
-                   torch.zeros(d, k, dtype=f64), torch.zeros(k, dtype=f64))
-
-    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.n += len(x)
-        self.sx += x.sum(0)
-        self.sxx += x.T @ x
-        self.sxy += x.T @ y
-        self.sy += y.sum(0)
-
-    def merged(self, other: Moments) -> Moments:
-        return Moments(self.sx + other.sx, self.sxx + other.sxx, self.sxy + other.sxy,
-                       self.sy + other.sy, self.n + other.n)
-
-    def mean(self) -> torch.Tensor:
-        return self.sx / self.n
-
-    def target_mean(self) -> torch.Tensor:
-        return self.sy / self.n
-
-    def centered(self, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gram and cross matrices of ``x / scale`` centred at this part's own mean."""
-        mu, ybar = self.mean(), self.target_mean()
-        gram = (self.sxx - self.n * torch.outer(mu, mu)) / torch.outer(scale, scale)
-        cross = (self.sxy - self.n * torch.outer(mu, ybar)) / scale[:, None]
-        return gram, cross
+__all__ = ["ALPHAS", "ALPHA_SELECTS", "Moments", "RidgeFit", "fit_ridge", "holdout_mask",
+           "loo_predictions", "solve"]
 
 
 @dataclass
 class RidgeFit:
     """A linear map from raw descriptors to scores: ``x @ weight.T + bias`` (standardisation
-    folded in), with the chosen strength and the held-out accuracy of every grid point."""
+    folded in), with the chosen strength, the grid's scores (held-out accuracy, or LOO accuracy
+    and squared error) and the statistics of every row it was fitted on."""
 
     weight: torch.Tensor  # k x d, float64
     bias: torch.Tensor  # k, float64
@@ -82,6 +55,10 @@ class RidgeFit:
     lam: float  # the ridge strength used in the final refit
     temperature: float  # multiply scores by it to get calibrated logits
     holdout_acc: dict[float, float] = field(default_factory=dict)
+    loo_acc: dict[float, float] = field(default_factory=dict)
+    loo_mse: dict[float, float] = field(default_factory=dict)
+    moments: Moments | None = None
+    scale: torch.Tensor | None = None  # the column scale the fit divided by (ones: none)
 
 
 def holdout_mask(n: int, fraction: float, seed: int) -> np.ndarray:
@@ -93,20 +70,20 @@ def holdout_mask(n: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def one_hot(labels: np.ndarray, k: int) -> torch.Tensor:
-    return torch.nn.functional.one_hot(torch.from_numpy(labels), k).double()
+    return torch.nn.functional.one_hot(torch.from_numpy(np.asarray(labels)), k).double()
 
 
 def chunks(n: int, size: int) -> range:
     return range(0, n, size)
 
 
-def accumulate(features: np.ndarray, labels: np.ndarray, k: int, mask: np.ndarray,
+def accumulate(features: np.ndarray | Rows, labels: np.ndarray, k: int, mask: np.ndarray,
                chunk: int = CHUNK) -> tuple[Moments, Moments]:
     """(moments of the rows where ``mask`` is False, of those where it is True)."""
-    d = features.shape[1]
-    kept, held = Moments.zeros(d, k), Moments.zeros(d, k)
-    for start in chunks(len(features), chunk):
-        x = torch.from_numpy(np.asarray(features[start : start + chunk], dtype=np.float64))
+    rows = as_rows(features)
+    kept, held = Moments.zeros(rows.width, k), Moments.zeros(rows.width, k)
+    for start in chunks(len(rows), chunk):
+        x = rows[start : start + chunk]
         y = one_hot(labels[start : start + chunk], k)
         m = torch.from_numpy(mask[start : start + chunk])
         kept.add(x[~m], y[~m])
@@ -114,8 +91,11 @@ def accumulate(features: np.ndarray, labels: np.ndarray, k: int, mask: np.ndarra
     return kept, held
 
 
-def feature_scale(moments: Moments) -> torch.Tensor:
-    """Standard deviation of every column (1 for constant ones)."""
+def feature_scale(moments: Moments, standardize: bool = True) -> torch.Tensor:
+    """Standard deviation of every column (1 for constant ones); all ones without
+    ``standardize``."""
+    if not standardize:
+        return torch.ones_like(moments.sx)
     return safe_std(moments.mean(), torch.diagonal(moments.sxx) / moments.n)
 
 
@@ -129,76 +109,135 @@ def temperature(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return TEMPERATURES[int(np.argmin(losses))]
 
 
-def _holdout_scores(features: np.ndarray, mask: np.ndarray, fit: Moments, mu: torch.Tensor,
-                    scale: torch.Tensor, alphas: Sequence[float],
-                    chunk: int) -> dict[float, torch.Tensor]:
+@dataclass
+class _Spectrum:
+    """The eigendecomposition of a fit's scaled, centred Gram matrix, and what every alpha's
+    solution shares."""
+
+    eigvals: torch.Tensor
+    basis: torch.Tensor
+    projected: torch.Tensor  # basis^T @ cross, d x k
+    mean: torch.Tensor  # the fit rows' mean, raw units
+    ybar: torch.Tensor
+    trace: float
+
+    @classmethod
+    def of(cls, moments: Moments, scale: torch.Tensor) -> _Spectrum:
+        gram, cross = moments.centered(scale)
+        eigvals, basis = torch.linalg.eigh(gram)
+        return cls(eigvals, basis, basis.T @ cross, moments.mean(), moments.target_mean(),
+                   float(torch.trace(gram)))
+
+    def lam(self, alpha: float) -> float:
+        return alpha * self.trace / len(self.eigvals)
+
+
+def _holdout_scores(rows: Rows, mask: np.ndarray, fit: Moments, scale: torch.Tensor,
+                    alphas: Sequence[float], chunk: int) -> dict[float, torch.Tensor]:
     """Scores of the held-out rows under the ridge fit on ``fit``, for every alpha, via one
     eigendecomposition of the fit rows' Gram matrix: each alpha then costs one k-column product
     per row."""
-    gram, cross = fit.centered(scale)
-    eigvals, basis = torch.linalg.eigh(gram)
-    projected = basis.T @ cross  # d x k
-    fit_mean = (fit.mean() - mu) / scale  # the fit rows' mean in standardised units
-    ybar = fit.target_mean()
-    lams = [strength(gram, a) for a in alphas]
+    spectrum = _Spectrum.of(fit, scale)
     scores: dict[float, list[torch.Tensor]] = {alpha: [] for alpha in alphas}
-    rows = np.flatnonzero(mask)
-    for start in chunks(len(rows), chunk):
-        x = torch.from_numpy(np.asarray(features[rows[start : start + chunk]], dtype=np.float64))
-        z = ((x - mu) / scale - fit_mean) @ basis
-        for alpha, lam in zip(alphas, lams, strict=True):
-            scores[alpha].append((z / (eigvals + lam)) @ projected + ybar)
+    held = np.flatnonzero(mask)
+    for start in chunks(len(held), chunk):
+        z = ((rows[held[start : start + chunk]] - spectrum.mean) / scale) @ spectrum.basis
+        for alpha in alphas:
+            inverse = 1 / (spectrum.eigvals + spectrum.lam(alpha))
+            scores[alpha].append((z * inverse) @ spectrum.projected + spectrum.ybar)
     return {alpha: torch.cat(parts) for alpha, parts in scores.items()}
 
 
-def _scores(features: np.ndarray, weight: torch.Tensor, bias: torch.Tensor,
-            chunk: int) -> torch.Tensor:
-    return torch.cat([torch.from_numpy(np.asarray(features[i : i + chunk], dtype=np.float64))
-                      @ weight.T + bias for i in chunks(len(features), chunk)])
+def loo_predictions(features: np.ndarray | Rows, labels: np.ndarray, every: Moments,
+                    scale: torch.Tensor, alphas: Sequence[float],
+                    chunk: int = CHUNK) -> dict[float, torch.Tensor]:
+    """For every alpha, the N x k predictions of each row by the ridge fit on all the other
+    rows (``every``: the moments of all rows; ``scale``: the column scale, fixed), exactly, from
+    H's diagonal: h_ii = 1/n + sum_j u_ij^2 / (e_j + lam), u_i the centred row in the Gram
+    matrix's eigenbasis, e its eigenvalues."""
+    rows = as_rows(features)
+    spectrum = _Spectrum.of(every, scale)
+    k = every.sxy.shape[1]
+    out: dict[float, list[torch.Tensor]] = {alpha: [] for alpha in alphas}
+    for start in chunks(len(rows), chunk):
+        u = ((rows[start : start + chunk] - spectrum.mean) / scale) @ spectrum.basis
+        y = one_hot(labels[start : start + chunk], k)
+        for alpha in alphas:
+            inverse = 1 / (spectrum.eigvals + spectrum.lam(alpha))
+            fitted = (u * inverse) @ spectrum.projected + spectrum.ybar
+            leverage = (u * u) @ inverse + 1 / every.n
+            out[alpha].append(y - (y - fitted) / (1 - leverage).clamp(min=1e-12)[:, None])
+    return {alpha: torch.cat(parts) for alpha, parts in out.items()}
 
 
-def fit_ridge(features: np.ndarray, labels: np.ndarray, num_classes: int, *,
+def _scores(rows: Rows, weight: torch.Tensor, bias: torch.Tensor, chunk: int) -> torch.Tensor:
+    return torch.cat([rows[i : i + chunk] @ weight.T + bias for i in chunks(len(rows), chunk)])
+
+
+def fit_ridge(features: np.ndarray | Rows, labels: np.ndarray, num_classes: int, *,
               alphas: Sequence[float] = ALPHAS, holdout: float = 0.1, seed: int = 0,
-              chunk: int = CHUNK) -> RidgeFit:
-    """Ridge fit of one-hot ``labels`` on ``features`` (N x d, any float dtype, may be a memmap).
+              chunk: int = CHUNK, standardize: bool = True,
+              alpha_select: str = "holdout") -> RidgeFit:
+    """Ridge fit of one-hot ``labels`` on ``features`` (N x d, any float dtype, may be a memmap,
+    or :class:`~hfsnet.transfer.stats.Rows` reading them through a transform).
 
     With one alpha there is nothing to choose and every row is used directly; otherwise the alpha
-    with the best held-out accuracy (ties: the stronger one) is refitted on all rows.
+    chosen by ``alpha_select`` (see the module docstring) is refitted on all rows.
     """
     with single_thread():
-        return _fit(features, labels, num_classes, alphas, holdout, seed, chunk)
+        return _fit(as_rows(features), np.asarray(labels), num_classes, alphas, holdout, seed,
+                    chunk, standardize, alpha_select)
 
 
-def _fit(features: np.ndarray, labels: np.ndarray, num_classes: int, alphas: Sequence[float],
-         holdout: float, seed: int, chunk: int) -> RidgeFit:
-    n = len(features)
+def _fit(rows: Rows, labels: np.ndarray, num_classes: int, alphas: Sequence[float],
+         holdout: float, seed: int, chunk: int, standardize: bool,
+         alpha_select: str) -> RidgeFit:
+    n = len(rows)
     if n < 2:
         raise CacheError(f"ridge needs at least 2 training rows, got {n}")
     if not 0 < holdout < 1:
         raise CacheError(f"--holdout must be in (0, 1), got {holdout}")
-    mask = holdout_mask(n, holdout, seed) if len(alphas) > 1 else np.zeros(n, dtype=bool)
-    kept, held = accumulate(features, labels, num_classes, mask, chunk)
+    if alpha_select not in ALPHA_SELECTS:
+        raise CacheError(f"--alpha-select must be one of {ALPHA_SELECTS}, got {alpha_select!r}")
+    by_holdout = len(alphas) > 1 and alpha_select == "holdout"
+    mask = holdout_mask(n, holdout, seed) if by_holdout else np.zeros(n, dtype=bool)
+    kept, held = accumulate(rows, labels, num_classes, mask, chunk)
     every = kept.merged(held)
-    mu, scale = every.mean(), feature_scale(every)
+    scale = feature_scale(every, standardize)
+    truth = torch.from_numpy(labels)
     if len(alphas) == 1:
-        weight, bias, lam = _solve(every, mu, scale, alphas[0])
-        calibration = temperature(_scores(features, weight, bias, chunk),
-                                  torch.from_numpy(np.asarray(labels)))
-        return RidgeFit(weight, bias, alphas[0], lam, calibration)
-    scores = _holdout_scores(features, mask, kept, mu, scale, alphas, chunk)
-    truth = torch.from_numpy(np.asarray(labels)[mask])
-    accuracy = {a: float((s.argmax(1) == truth).double().mean()) for a, s in scores.items()}
-    alpha = max(alphas, key=lambda a: (accuracy[a], a))
-    weight, bias, lam = _solve(every, mu, scale, alpha)
-    return RidgeFit(weight, bias, alpha, lam, temperature(scores[alpha], truth), accuracy)
+        weight, bias, lam = solve(every, alphas[0], scale)
+        calibration = temperature(_scores(rows, weight, bias, chunk), truth)
+        return RidgeFit(weight, bias, alphas[0], lam, calibration, moments=every, scale=scale)
+    if by_holdout:
+        scores = _holdout_scores(rows, mask, kept, scale, alphas, chunk)
+        truth = truth[torch.from_numpy(mask)]
+        accuracy = {a: _accuracy(s, truth) for a, s in scores.items()}
+        alpha = max(alphas, key=lambda a: (accuracy[a], a))
+        weight, bias, lam = solve(every, alpha, scale)
+        return RidgeFit(weight, bias, alpha, lam, temperature(scores[alpha], truth), accuracy,
+                        moments=every, scale=scale)
+    scores = loo_predictions(rows, labels, every, scale, alphas, chunk)
+    target = one_hot(labels, num_classes)
+    accuracy = {a: _accuracy(s, truth) for a, s in scores.items()}
+    error = {a: float(((s - target) ** 2).sum(1).mean()) for a, s in scores.items()}
+    alpha = max(alphas, key=lambda a: (accuracy[a], -error[a], a))
+    weight, bias, lam = solve(every, alpha, scale)
+    return RidgeFit(weight, bias, alpha, lam, temperature(scores[alpha], truth),
+                    loo_acc=accuracy, loo_mse=error, moments=every, scale=scale)
 
 
-def _solve(every: Moments, mu: torch.Tensor, scale: torch.Tensor,
-           alpha: float) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(weight k x d, bias, lambda) of the ridge fit on every row, for raw descriptors."""
+def _accuracy(scores: torch.Tensor, truth: torch.Tensor) -> float:
+    return float((scores.argmax(1) == truth).double().mean())
+
+
+def solve(every: Moments, alpha: float,
+          scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(weight k x d, bias, lambda) of the ridge fit with these moments, for raw descriptors;
+    ``scale``: the column scale the penalty is applied in (:func:`feature_scale`)."""
     gram, cross = every.centered(scale)
     lam = strength(gram, alpha)
     factor = torch.linalg.cholesky(gram + lam * torch.eye(len(gram), dtype=gram.dtype))
-    coef = torch.cholesky_solve(cross, factor)  # d x k, on standardised features
+    coef = torch.cholesky_solve(cross, factor)  # d x k, on scaled features
     weight = (coef / scale[:, None]).T
-    return weight, every.target_mean() - weight @ mu, lam
+    return weight, every.target_mean() - weight @ every.mean(), lam
