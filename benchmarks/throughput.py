@@ -1,15 +1,20 @@
-"""Training throughput of the seed's CNN: hfsnet's trainer against a hand-written PyTorch loop.
+"""Training throughput of the seed's CNN: hfsnet's trainer against a hand-written PyTorch loop,
+like for like.
 
     .venv/bin/python benchmarks/throughput.py [--data PATH] [--steps 60] [--batch-sizes 32,256]
-                                              [--threads N]
+                                              [--repeats 3] [--threads N]
 
 Both train ``seed-cnn`` (Adam, lr 2e-4, no augmentation: the seed recipe) from the same CIFAR-10
-subset for ``--steps`` steps at each batch size, in this one process. hfsnet runs its defaults
-(bf16 autocast, channels_last, batches gathered from a uint8 tensor); the peer
-(``benchmarks/peers/plain_loop.py``) is fp32 ``nn.Sequential`` with a ``DataLoader``. Images per
-second are timed from the end of the first step to the end of the last (warm-up excluded, batch
-preparation included), and the mean loss of the last quarter of the steps shows that both learn
-alike. Prints a table and writes ``benchmarks/results/throughput.json``.
+subset for ``--steps`` steps, in this one process, with the same threads, at every batch size
+and in each of the four settings fp32/bf16 x NCHW/channels-last: the trainer through
+``Trainer`` (batches gathered from a uint8 tensor), the peer (``benchmarks/peers/plain_loop.py``)
+as ``nn.Sequential`` with a ``DataLoader``, bf16 autocast and channels_last where the row says
+so. Runs alternate (plain, hfsnet, plain, hfsnet, ...; each repeat walks all four settings) so
+that a change of machine load hits both sides alike; a row gives the median, the range and the
+median of the per-pair ratios. Images per second are timed from the end of the first step to
+the end of the last (warm-up excluded, batch preparation included); the mean training loss
+shows that both learn alike. The load average at the start and the end says whether the
+numbers are quiet. Prints a table and writes ``benchmarks/results/throughput.json``.
 
     .venv/bin/python benchmarks/throughput.py --profile fast [--steps 6] [--threads N]
 
@@ -25,12 +30,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,48 +61,125 @@ def rate(stamps: list[float], batch_size: int) -> float:
     return (len(stamps) - 1) * batch_size / (stamps[-1] - stamps[0])
 
 
-def tail_loss(losses: list[float]) -> float:
-    """Mean loss of the last quarter of the steps."""
-    tail = losses[-max(1, len(losses) // 4):]
-    return sum(tail) / len(tail)
-
-
 def sample(data: DataSplits, count: int) -> torch.Tensor:
     """The same ``count`` random training images for both loops (image folders list their
     files class by class, so a prefix would hold one class only)."""
     return torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:count]
 
 
-def run_hfsnet(data: DataSplits, batch_size: int, steps: int) -> dict[str, float]:
-    """``steps`` steps of the seed recipe through ``Trainer`` with hfsnet's speed defaults."""
+# (precision, channels_last) of each row; the last is what a user gets without flags.
+SETTINGS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
+USER_DEFAULT = ("bf16", True)
+BASELINE = ("fp32", False)  # the plain loop as most people write it
+
+
+def setting_name(precision: str, channels_last: bool) -> str:
+    return f"{precision} {'channels-last' if channels_last else 'NCHW'}"
+
+
+def stamp_batches(trainer: Trainer, stamps: list[float]) -> None:
+    """Record ``time.perf_counter`` whenever the trainer asks for its next batch, which is when
+    its previous step (syncs, bookkeeping and all) has ended; no step hook, which would make
+    every step sync to hand it the loss."""
+    epoch = trainer.loader.epoch
+
+    def stamped(*args: Any, **kwargs: Any) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in epoch(*args, **kwargs):
+            yield batch
+            stamps.append(time.perf_counter())
+
+    trainer.loader.epoch = stamped  # type: ignore[method-assign]
+
+
+def run_hfsnet(data: DataSplits, batch_size: int, steps: int, precision: str,
+               channels_last: bool) -> dict[str, float]:
+    """``steps`` steps of the seed recipe through ``Trainer`` at the given settings."""
     config = resolve_config("seed", model="seed-cnn", data="given", batch_size=batch_size,
-                            epochs=1, val_split=0.0, precision="bf16", channels_last=True,
-                            track_test=False)
+                            epochs=1, val_split=0.0, precision=precision,
+                            channels_last=channels_last, track_test=False)
     # One epoch of exactly ``steps`` batches; the final test pass sees a token 100 images.
     train_set = data.train.subset(sample(data, steps * batch_size))
     data = dataclasses.replace(data, train=train_set, test=data.test.subset(torch.arange(100)))
     torch.manual_seed(0)
-    losses: list[float] = []
     stamps: list[float] = []
-
-    def record(_step: int, loss: float) -> None:
-        losses.append(loss)
-        stamps.append(time.perf_counter())
-
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(config, Path(out), data, build_model(config, data), progress=False)
-        trainer.step_hooks.append(record)
-        trainer.fit()
-    return {"images_per_second": rate(stamps, batch_size), "tail_loss": tail_loss(losses)}
+        stamp_batches(trainer, stamps)
+        result = trainer.fit()
+    return {"images_per_second": rate(stamps, batch_size),
+            "mean_loss": result.history[0]["train_loss"]}
 
 
-def run_plain(data: DataSplits, batch_size: int, steps: int) -> dict[str, float]:
+def run_plain(data: DataSplits, batch_size: int, steps: int, precision: str,
+              channels_last: bool) -> dict[str, float]:
     index = sample(data, steps * batch_size)
     x = normalize(data.train.images[index], data.mean, data.std)
     y = data.train.labels[index]
-    out = train_plain(x, y, batch_size=batch_size, steps=steps)
+    out = train_plain(x, y, batch_size=batch_size, steps=steps, precision=precision,
+                      channels_last=channels_last)
+    losses = out["losses"]
     return {"images_per_second": rate(out["stamps"], batch_size),
-            "tail_loss": tail_loss(out["losses"])}
+            "mean_loss": sum(losses) / len(losses)}
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "runs": values}
+
+
+def measure(data: DataSplits, sizes: list[int], steps: int,
+            repeats: int) -> list[dict[str, Any]]:
+    """One row per (batch size, setting) from ``repeats`` interleaved plain/hfsnet pairs."""
+    runs: dict[tuple[int, str, bool], dict[str, list[dict[str, float]]]] = {}
+    for batch_size in sizes:
+        for _ in range(repeats):
+            for precision, channels_last in SETTINGS:
+                key = (batch_size, precision, channels_last)
+                pair = runs.setdefault(key, {"plain": [], "hfsnet": []})
+                pair["plain"].append(run_plain(data, batch_size, steps, precision,
+                                               channels_last))
+                pair["hfsnet"].append(run_hfsnet(data, batch_size, steps, precision,
+                                                 channels_last))
+    rows = []
+    for (batch_size, precision, channels_last), pair in runs.items():
+        plain = [r["images_per_second"] for r in pair["plain"]]
+        ours = [r["images_per_second"] for r in pair["hfsnet"]]
+        rows.append({
+            "batch_size": batch_size, "precision": precision, "channels_last": channels_last,
+            "steps": steps, "plain": spread(plain), "hfsnet": spread(ours),
+            "speedup": statistics.median(ours) / statistics.median(plain),
+            "pair_speedups": spread([h / p for h, p in zip(ours, plain, strict=True)]),
+            "plain_mean_loss": pair["plain"][-1]["mean_loss"],
+            "hfsnet_mean_loss": pair["hfsnet"][-1]["mean_loss"],
+        })
+    return rows
+
+
+def defaults_vs_baseline(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Per batch size: hfsnet at its user defaults over the plain loop in fp32 NCHW (medians)."""
+    def median(batch_size: int, setting: tuple[str, bool], side: str) -> float:
+        row = next(r for r in rows if r["batch_size"] == batch_size
+                   and (r["precision"], r["channels_last"]) == setting)
+        return row[side]["median"]
+
+    sizes = sorted({r["batch_size"] for r in rows})
+    return {str(b): median(b, USER_DEFAULT, "hfsnet") / median(b, BASELINE, "plain")
+            for b in sizes}
+
+
+def print_rows(rows: list[dict[str, Any]], defaults: dict[str, float]) -> None:
+    print(f"{'batch':>5} {'setting':>18} {'plain img/s':>18} {'hfsnet img/s':>18} "
+          f"{'speedup':>8} {'pairs':>11} {'plain loss':>10} {'hfsnet loss':>11}")
+    for r in rows:
+        p, h, pairs = r["plain"], r["hfsnet"], r["pair_speedups"]
+        print(f"{r['batch_size']:>5} {setting_name(r['precision'], r['channels_last']):>18} "
+              f"{p['median']:>6.0f} ({p['min']:>4.0f}-{p['max']:<4.0f}) "
+              f"{h['median']:>6.0f} ({h['min']:>4.0f}-{h['max']:<4.0f}) "
+              f"{r['speedup']:>7.2f}x {pairs['min']:>4.2f}-{pairs['max']:<4.2f}x "
+              f"{r['plain_mean_loss']:>10.4f} {r['hfsnet_mean_loss']:>11.4f}")
+    for batch_size, ratio in defaults.items():
+        print(f"batch {batch_size}: hfsnet {setting_name(*USER_DEFAULT)} (the defaults) is "
+              f"{ratio:.2f}x the plain loop in {setting_name(*BASELINE)}")
 
 
 # Profiler operator names -> the kinds the profile reports (first matching substring wins).
@@ -159,6 +245,7 @@ def main() -> None:
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-sizes", default="32,256")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved pairs per row")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument("--profile", metavar="RECIPE", help="profile RECIPE's training step")
     args = parser.parse_args()
@@ -172,24 +259,19 @@ def main() -> None:
         print(f"wrote {path}")
         return
     sizes = [int(b) for b in args.batch_sizes.split(",")]
+    load_start = _load_average()
     data = load_dataset(args.data, limit_train=args.steps * max(sizes))
-    rows = []
-    for batch_size in sizes:
-        plain = run_plain(data, batch_size, args.steps)
-        ours = run_hfsnet(data, batch_size, args.steps)
-        rows.append({"batch_size": batch_size, "steps": args.steps, "plain": plain,
-                     "hfsnet": ours,
-                     "speedup": ours["images_per_second"] / plain["images_per_second"]})
-    print(f"{'batch':>5} {'plain img/s':>12} {'hfsnet img/s':>13} {'speedup':>8} "
-          f"{'plain loss':>11} {'hfsnet loss':>12}")
-    for r in rows:
-        print(f"{r['batch_size']:>5} {r['plain']['images_per_second']:>12.0f} "
-              f"{r['hfsnet']['images_per_second']:>13.0f} {r['speedup']:>7.2f}x "
-              f"{r['plain']['tail_loss']:>11.4f} {r['hfsnet']['tail_loss']:>12.4f}")
+    rows = measure(data, sizes, args.steps, args.repeats)
+    defaults = defaults_vs_baseline(rows)
+    load_end = _load_average()
+    print_rows(rows, defaults)
+    print(f"load average (1/5/15 min): {load_start} at the start, {load_end} at the end")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({
         "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "load_average": list(_load_average()), "rows": rows,
+        "torch": torch.__version__, "repeats": args.repeats,
+        "load_average_start": list(load_start), "load_average_end": list(load_end),
+        "rows": rows, "defaults_vs_plain_fp32_nchw": defaults,
     }, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 
@@ -197,8 +279,7 @@ def main() -> None:
 def _load_average() -> tuple[float, float, float]:
     """The 1/5/15-minute load: numbers taken under other jobs' load are not quiet numbers."""
     try:
-        import os
-        return os.getloadavg()
+        return tuple(round(v, 2) for v in os.getloadavg())  # type: ignore[return-value]
     except OSError:
         return (float("nan"),) * 3
 

@@ -1,8 +1,10 @@
 """The training loop a user would write by hand: the comparison point for hfsnet's trainer.
 
-fp32, the seed's CNN as one ``nn.Sequential``, a ``DataLoader`` over in-memory tensors, Adam at
-the seed recipe's learning rate, no augmentation and no tricks. Timed the same way as the
-trainer: only the training steps, not the data preparation.
+The seed's CNN as one ``nn.Sequential``, a ``DataLoader`` over in-memory tensors, Adam at the
+seed recipe's learning rate, no augmentation and no tricks; fp32 and NCHW unless asked for bf16
+autocast or channels_last, the two settings the trainer has, so that every comparison can be
+made at equal precision and layout. Timed the same way as the trainer: only the training
+steps, not the data preparation.
 """
 
 from __future__ import annotations
@@ -28,18 +30,23 @@ def seed_cnn_sequential(num_classes: int = 10) -> nn.Sequential:
 
 
 def train_plain(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, steps: int,
-                lr: float = 2e-4, seed: int = 0) -> dict[str, object]:
+                lr: float = 2e-4, seed: int = 0, precision: str = "fp32",
+                channels_last: bool = False) -> dict[str, object]:
     """Train for ``steps`` batches of the normalised float images ``x``; returns the loss and the
-    ``time.perf_counter`` time at the end of every step."""
+    ``time.perf_counter`` time at the end of every step. ``precision`` "bf16" autocasts the
+    forward pass; ``channels_last`` puts the model and every batch in NHWC memory."""
     torch.manual_seed(seed)
-    model = seed_cnn_sequential(int(y.max()) + 1)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = seed_cnn_sequential(int(y.max()) + 1).to(memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True, drop_last=True)
     losses: list[float] = []
     stamps: list[float] = []  # perf_counter seconds at the end of each step
     while len(losses) < steps:
         for xb, yb in loader:
-            loss = F.cross_entropy(model(xb), yb)
+            xb = xb.contiguous(memory_format=fmt)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = F.cross_entropy(model(xb), yb)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -24,6 +24,11 @@ class AugmentConfig:
     cutout: int = 0
     alternate_flips: bool = False
 
+    @property
+    def active(self) -> bool:
+        """Whether any transform is on: an inactive config leaves every batch as it is."""
+        return bool(self.crop_padding or self.flip or self.cutout)
+
 
 def augment(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
             mirror: torch.Tensor | None = None) -> torch.Tensor:

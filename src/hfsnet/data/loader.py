@@ -54,7 +54,8 @@ class BatchLoader:
         self.labels = data.labels.to(self.device)
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.augment = augment
+        # An inactive config (the seed recipe's) costs a seeded generator per batch for nothing.
+        self.augment = augment if augment is not None and augment.active else None
         self.seed = seed
         self.flip_start = None
         if augment is not None and augment.flip and augment.alternate_flips:

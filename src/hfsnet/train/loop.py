@@ -20,7 +20,12 @@ from hfsnet.errors import HfsnetError
 from hfsnet.fsutil import atomic_write_bytes
 from hfsnet.models import FeatureClassifier
 from hfsnet.models.base import count_params
-from hfsnet.train.checkpoint import Checkpoint, CheckpointStore, data_meta
+from hfsnet.train.checkpoint import (
+    Checkpoint,
+    CheckpointStore,
+    check_resume_state,
+    data_meta,
+)
 from hfsnet.train.config import ConfigError, TrainConfig
 from hfsnet.train.distributed import convert_sync_batchnorm, init_distributed
 from hfsnet.train.ema import Lookahead, WeightAverage
@@ -41,7 +46,14 @@ from hfsnet.train.rundir import (
 from hfsnet.train.runtime import autocast, resolve_device, rng_state, set_rng_state
 from hfsnet.train.schedule import lr_factor
 from hfsnet.train.signals import GracefulStop
+from hfsnet.train.steps import PendingSteps, StepOutcome, StepValues
 from hfsnet.train.tta import FlipAverage
+
+# Steps between host syncs when nothing needs their numbers sooner (a step hook, the progress
+# line, a checkpoint, the end of the epoch). A non-finite step under the ``stop`` policy is
+# therefore caught up to this many steps late, though still named exactly, and never saved:
+# every save syncs first.
+SYNC_EVERY = 50
 
 
 @dataclass
@@ -168,11 +180,15 @@ class Trainer:
         self.tally = EpochTally()
         self.progress = progress
         self.history: list[dict[str, Any]] = []
-        self.step_hooks: list[StepHook] = []  # (global step, loss) after each step
+        # (global step, loss) after each step; a registered hook makes every step sync, since
+        # it reads the loss at once.
+        self.step_hooks: list[StepHook] = []
         # (trainer, epoch) after model.train() at the start of each epoch: freezing schedules
         # put modules back into eval mode or flip requires_grad here.
         self.epoch_hooks: list[EpochHook] = []
         self._stop: GracefulStop | None = None
+        self._params = list(self.model.parameters())
+        self._pending = PendingSteps()
         self.run_id = new_run_id()  # ties every checkpoint to this run's directory
         self.overwrite = overwrite
         self.resumed = False
@@ -184,18 +200,19 @@ class Trainer:
     def global_step(self) -> int:
         return self.epoch * len(self.loader) + self.tally.step
 
-    def _finite_step(self, loss: torch.Tensor, step: int) -> bool:
-        """Whether loss and gradients are finite; under ``stop`` a non-finite one raises."""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        finite = bool(loss.isfinite()) and bool(torch.nn.utils.get_total_norm(grads).isfinite())
-        if finite or self.config.nonfinite == "skip":
-            return finite
-        raise NonFiniteError(
-            f"non-finite loss or gradient at step {step} (epoch {self.epoch + 1}, batch "
-            f"{self.tally.step + 1}); the last good checkpoint is {self._last_good()} "
-            f"(try a lower --lr, or --nonfinite skip)")
+    def _finite_flag(self, loss: torch.Tensor) -> torch.Tensor:
+        """Whether the loss and every gradient are finite, as a 0-dim bool on the device (no
+        host sync). The gradients' total norm is never negative, so its sum with the loss is
+        finite exactly when both are."""
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if not grads:
+            return loss.isfinite()
+        # foreach: one fused pass over all gradients (torch's default on a CPU is a loop).
+        return (torch.nn.utils.get_total_norm(grads, foreach=True) + loss).isfinite()
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[float, int]:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> StepOutcome:
+        """One optimizer step. Under ``stop`` the finiteness check is left on the device for
+        :meth:`_sync`; ``skip`` must decide before the update, which costs a sync per step."""
         set_lr_factor(self.optimizer, lr_factor(self.config.schedule, step, self.total_steps,
                                                 self.config.warmup_fraction))
         with autocast(self.device, self.config.precision):
@@ -203,38 +220,73 @@ class Trainer:
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if not self._finite_step(loss, step):
+        finite = self._finite_flag(loss.detach())
+        skip_policy = self.config.nonfinite == "skip"
+        if skip_policy and not bool(finite):
             self.optimizer.zero_grad(set_to_none=True)
             self.tally.skipped += 1
-            return float("nan"), 0
+            return StepOutcome(torch.full((), float("nan"), device=loss.device),
+                               torch.zeros((), dtype=torch.int64, device=loss.device))
         self.optimizer.step()
         if self.lookahead is not None:
             self.lookahead.after_step(self.model, step + 1)
         if self.average is not None:
             self.average.update(self.model)
-        return float(loss.detach()), int((logits.argmax(1) == y).sum())
+        return StepOutcome(loss.detach(), (logits.argmax(1) == y).sum(),
+                           None if skip_policy else finite)
+
+    def _sync_due(self, bar: Progress) -> bool:
+        """Whether the pending steps' numbers are needed after the step just run."""
+        t = self.tally
+        return (bool(self.step_hooks) or bar.due(t.step) or t.step == len(self.loader)
+                or self._checkpoint_due() or len(self._pending) >= SYNC_EVERY)
+
+    def _sync(self) -> list[StepValues]:
+        """Read the pending steps (one host sync) into the epoch's running sums and return
+        them; under ``stop`` a non-finite one raises, naming the first."""
+        values = self._pending.collect()
+        bad = next((v for v in values if not v.finite), None)
+        if bad is not None:
+            epoch, batch = divmod(bad.step, len(self.loader))
+            raise NonFiniteError(
+                f"non-finite loss or gradient at step {bad.step} (epoch {epoch + 1}, batch "
+                f"{batch + 1}); the last good checkpoint is {self._last_good()} "
+                f"(try a lower --lr, or --nonfinite skip)")
+        t = self.tally
+        for v in values:
+            if v.loss == v.loss:  # a skipped step's NaN stays out of the running mean
+                t.loss_sum += v.loss * v.size
+                t.correct += v.hits
+                t.seen += v.size
+        return values
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
         for hook in self.epoch_hooks:
             hook(self, epoch)
-        n_batches = len(self.loader)
         t = self.tally
-        bar = Progress(n_batches, f"epoch {epoch + 1}/{self.config.epochs}",
+        bar = Progress(len(self.loader), f"epoch {epoch + 1}/{self.config.epochs}",
                        enabled=self.progress and self.dist.is_main)
-        for x, y in self.loader.epoch(epoch, start_step=t.step):
+        batches = self.loader.epoch(epoch, start_step=t.step)
+        while True:
+            # Timed: the batch's preparation, the step and any sync (which waits for the
+            # device); not: hooks, progress and checkpoints, which follow a sync.
             start = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            x, y = batch
             step = self.global_step
-            loss, hits = self._train_step(x, y, step)
+            self._pending.add(step, len(y), self._train_step(x, y, step))
             t.step += 1
-            if loss == loss:  # a skipped step's NaN stays out of the running mean
-                t.loss_sum += loss * len(y)
-                t.correct += hits
-                t.seen += len(y)
+            values = self._sync() if self._sync_due(bar) else []
             t.seconds += time.perf_counter() - start
-            for hook in self.step_hooks:
-                hook(step, loss)
-            bar.update(t.step, t.seen, t.loss_sum / max(1, t.seen), t.correct / max(1, t.seen))
+            for v in values:
+                for hook in self.step_hooks:
+                    hook(v.step, v.loss)
+            if values:
+                bar.update(t.step, t.seen, t.loss_sum / max(1, t.seen),
+                           t.correct / max(1, t.seen))
             self._maybe_checkpoint()
         bar.close()
         loss_sum, correct, seen = self.dist.sum(
@@ -244,13 +296,19 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": t.skipped}
 
     def _maybe_checkpoint(self) -> None:
-        every = self.config.checkpoint_every
         signum = self._stop.signum if self._stop is not None else None
         if self.dist.any(signum is not None):  # every rank stops after the same step
             path = self.save()
             raise TrainingInterrupted(signum or signal.SIGTERM, path, self.out_dir)
-        if every and self.global_step % every == 0 and self.tally.step < len(self.loader):
+        if self._checkpoint_due():
             self.save()
+
+    def _checkpoint_due(self) -> bool:
+        """Whether ``checkpoint_every`` asks for a save after the step just run (the end of
+        an epoch saves anyway)."""
+        every = self.config.checkpoint_every
+        mid_epoch = self.tally.step < len(self.loader)
+        return bool(every) and self.global_step % every == 0 and mid_epoch
 
     def eval_model(self) -> torch.nn.Module:
         """What evaluation runs: the weight average if ``ema_decay`` is set, else the model;
@@ -282,7 +340,9 @@ class Trainer:
     def save(self) -> Path:
         """Checkpoint everything a bit-identical continuation needs; returns the file.
 
-        Only rank 0 writes; the others return the path it writes to."""
+        Only rank 0 writes; the others return the path it writes to. Steps not yet synced
+        are brought into the tally first, and a non-finite one stops the save (``stop``)."""
+        self._sync()
         if not self.dist.is_main:
             return self.store.latest
         state = self.model.state_dict().items()
@@ -305,6 +365,8 @@ class Trainer:
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Continue from ``ckpt`` (same config): weights, optimizer, position, RNG."""
+        check_resume_state(ckpt, self.optimizer, model=self.model, tally=self.tally,
+                           averages={"ema": self.average, "lookahead": self.lookahead})
         weights = ckpt.section("model")
         self.model.load_state_dict(weights)
         self.optimizer.load_state_dict(ckpt.optimizer_state())

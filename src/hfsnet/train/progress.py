@@ -6,9 +6,14 @@ import sys
 import time
 from typing import TextIO
 
+# A terminal line redrawn more often than this is unreadable, and each redraw costs the
+# trainer a host sync to read the loss.
+TTY_REDRAW_SECONDS = 0.2
+
 
 class Progress:
-    """Redraws one line in a terminal; elsewhere (logs, CI) prints about ten lines per epoch."""
+    """Redraws one line in a terminal (at most every ``TTY_REDRAW_SECONDS``); elsewhere (logs,
+    CI) prints about ten lines per epoch. The last step is always shown."""
 
     def __init__(self, total: int, label: str, *, stream: TextIO | None = None,
                  enabled: bool = True) -> None:
@@ -19,15 +24,27 @@ class Progress:
         self.tty = self.stream.isatty()
         self.start = time.perf_counter()
         self._next_plain = 0.0
+        self._next_redraw = 0.0  # perf_counter time
+
+    def due(self, done: int) -> bool:
+        """Whether :meth:`update` after ``done`` steps would draw (the caller reads the numbers
+        only then)."""
+        if not self.enabled:
+            return False
+        if done == self.total:
+            return True
+        if self.tty:
+            return time.perf_counter() >= self._next_redraw
+        return done / max(1, self.total) >= self._next_plain
 
     def update(self, done: int, images: int, loss: float, acc: float) -> None:
-        if not self.enabled:
+        if not self.due(done):
             return
+        now = time.perf_counter()
         fraction = done / max(1, self.total)
-        if not self.tty and fraction < self._next_plain and done != self.total:
-            return
         self._next_plain = fraction + 0.1
-        rate = images / max(1e-9, time.perf_counter() - self.start)
+        self._next_redraw = now + TTY_REDRAW_SECONDS
+        rate = images / max(1e-9, now - self.start)
         width = 24
         bar = "#" * int(width * fraction) + "." * (width - int(width * fraction))
         line = (f"{self.label} [{bar}] {done}/{self.total} loss {loss:.4f} "
