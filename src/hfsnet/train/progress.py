@@ -37,7 +37,10 @@ class Progress:
             return time.perf_counter() >= self._next_redraw
         return done / max(1, self.total) >= self._next_plain
 
-    def update(self, done: int, images: int, loss: float, acc: float) -> None:
+    def update(self, done: int, images: int, loss: float | None = None,
+               acc: float | None = None) -> None:
+        """Draw the line if due; ``loss`` and ``acc`` are left out when None (a pass that
+        does not train, such as the feature cache's)."""
         if not self.due(done):
             return
         now = time.perf_counter()
@@ -47,8 +50,9 @@ class Progress:
         rate = images / max(1e-9, now - self.start)
         width = 24
         bar = "#" * int(width * fraction) + "." * (width - int(width * fraction))
-        line = (f"{self.label} [{bar}] {done}/{self.total} loss {loss:.4f} "
-                f"acc {100 * acc:5.1f}% {rate:,.0f} img/s")
+        scores = (f"loss {loss:.4f} acc {100 * acc:5.1f}% " if loss is not None
+                  and acc is not None else "")
+        line = f"{self.label} [{bar}] {done}/{self.total} {scores}{rate:,.0f} img/s"
         self.stream.write(("\r" + line) if self.tty else line + "\n")
         self.stream.flush()
 

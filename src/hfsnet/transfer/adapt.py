@@ -243,7 +243,7 @@ def adapt(model: str, data: str, out_dir: str | Path, options: AdaptOptions | No
         cache_root = Path(options.cache) if options.cache else out / CACHE_DIR
         note(f"feature pass: {model} at {side} px over {len(target.train)} train and "
              f"{len(target.test)} test images (cache under {cache_root})")
-        found = cache_for(trunk, target, cache_root, options.head)
+        found = cache_for(trunk, target, cache_root, options.head, progress=progress)
         fit_start = time.perf_counter()
         head, details = fit_cached_head(found.cache, trunk.stage_channels(), options.head)
         fit_seconds = time.perf_counter() - fit_start

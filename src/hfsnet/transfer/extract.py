@@ -21,6 +21,7 @@ from hfsnet.models import FeatureClassifier
 from hfsnet.models.head import level_widths, pool_levels
 from hfsnet.models.level_head import trunk_spec
 from hfsnet.train.distributed import DistContext, init_distributed
+from hfsnet.train.progress import Progress
 from hfsnet.transfer.errors import CacheError
 from hfsnet.transfer.frozen import FrozenTrunk
 from hfsnet.transfer.store import (
@@ -47,6 +48,7 @@ class CacheSpec:
     precision: str = "fp32"
     batch_size: int = 500
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    progress: bool = False  # a progress line on stderr per split (not part of the cache key)
 
 
 @dataclass
@@ -84,7 +86,7 @@ def cache_key(model: FeatureClassifier, data: DataSplits, spec: CacheSpec) -> Ca
 
 @torch.inference_mode()
 def extract(model: FeatureClassifier, images: ImageSet, features: np.ndarray,
-            labels: np.ndarray, spec: CacheSpec) -> None:
+            labels: np.ndarray, spec: CacheSpec, label: str = "features") -> None:
     """Write the descriptor and label of every image of ``images``, in order.
 
     The trunk runs as a :class:`FrozenTrunk`: a copy with its batch norms folded, channels-last,
@@ -94,8 +96,9 @@ def extract(model: FeatureClassifier, images: ImageSet, features: np.ndarray,
                          device=spec.device, channels_last=True)
     trunk = FrozenTrunk(model, precision=spec.precision, compile="auto",
                         n_images=len(images), device=spec.device)
+    progress = Progress(len(loader), label, enabled=spec.progress)
     row = 0
-    for x, y in loader.epoch(0):
+    for step, (x, y) in enumerate(loader.epoch(0), 1):
         pooled = pool_levels(trunk(x), spec.levels, spec.pool)
         half = pooled.float().cpu().numpy().astype(np.float16)
         if not np.isfinite(half).all():
@@ -104,6 +107,8 @@ def extract(model: FeatureClassifier, images: ImageSet, features: np.ndarray,
         features[row : row + len(half)] = half
         labels[row : row + len(half)] = y.cpu().numpy()
         row += len(half)
+        progress.update(step, row)
+    progress.close()
 
 
 def _shard(n: int, ctx: DistContext) -> slice:
@@ -125,7 +130,8 @@ def _extract_splits(model: FeatureClassifier, data: DataSplits, spec: CacheSpec,
             rows = torch.arange(len(images))[_shard(len(images), ctx)]
             extract(model, images.subset(rows),
                     allocate(f"{split}_features", (len(rows), sum(widths)), FEATURE_DTYPE),
-                    allocate(f"{split}_labels", (len(rows),), "int64"), spec)
+                    allocate(f"{split}_labels", (len(rows),), "int64"), spec,
+                    label=f"feature pass, {split}")
     finally:
         model.train(was_training)
 

@@ -138,11 +138,13 @@ def resolve_layout(cache_path: Path, model: FeatureClassifier,
 
 
 def cache_for(model: FeatureClassifier, data: DataSplits, cache_path: Path,
-              options: HeadOptions) -> CacheResult:
-    """The cache (found or built) of ``model``'s trunk over ``data`` for these options."""
+              options: HeadOptions, *, progress: bool = False) -> CacheResult:
+    """The cache (found or built) of ``model``'s trunk over ``data`` for these options;
+    ``progress``: a progress line per split while the trunk runs."""
     levels, pool = resolve_layout(cache_path, model, options)
     spec = CacheSpec(levels, pool, data.mean, data.std, precision=options.precision,
-                     batch_size=options.batch_size, device=resolve_device(options.device))
+                     batch_size=options.batch_size, device=resolve_device(options.device),
+                     progress=progress)
     return get_cache(cache_path, model, data, spec, rebuild=options.rebuild)
 
 
