@@ -61,8 +61,9 @@ def write_png(path, pixels):
 
 def test_checkpoint_serves_predict_evaluate_and_export(rgb_folder, tmp_path, capsys):
     out = tmp_path / "run"
-    code, result, _ = run_adapt(capsys, *RANDOM, "--data", str(rgb_folder), "--out", str(out))
+    code, result, err = run_adapt(capsys, *RANDOM, "--data", str(rgb_folder), "--out", str(out))
     assert code == 0
+    assert "feature pass, train [" in err and "feature pass, test [" in err  # progress lines
     assert set(result) >= {"test_acc", "params", "feature_seconds", "fit_seconds",
                            "total_seconds", "out_dir", "classes"}
     assert result["classes"] == ["circle", "square", "stripe"]
