@@ -109,8 +109,9 @@ class AirOptions(ModelOptions):
     smoothing it sets how confident the net can get for a given weight norm. ``share=False``
     drops phi (each stage outputs its second conv, as in airbench) and ``fuse=False`` makes the
     head read the last stage only: with both off the net is airbench's, the ablation that
-    measures what feature sharing adds. ``image_size``: accepted like every model's options
-    (the net is fully convolutional).
+    measures what feature sharing adds. ``whiten_bias``: give the whitening stem a trained
+    bias (airbench94_muon's; ``TrainConfig.whiten_bias_epochs`` freezes it after a while).
+    ``image_size``: accepted like every model's options (the net is fully convolutional).
     """
 
     widths: Sequence[int] = (64, 256, 256)
@@ -119,6 +120,7 @@ class AirOptions(ModelOptions):
     logit_scale: float = 1 / 9
     share: bool = True
     fuse: bool = True
+    whiten_bias: bool = False
     image_size: int | None = None
 
     def validate(self) -> None:
@@ -129,6 +131,7 @@ class AirOptions(ModelOptions):
         check_positive("logit_scale", self.logit_scale)
         check_bool("share", self.share)
         check_bool("fuse", self.fuse)
+        check_bool("whiten_bias", self.whiten_bias)
         check_image_size(self.image_size)
         # The 2x2 whitening conv takes a pixel off, then every stage halves the side.
         smallest = 2 ** len(self.widths) + 1
@@ -146,7 +149,7 @@ class AirHFSNet(StagedClassifier):
                  options: AirOptions | None = None) -> None:
         super().__init__()
         o = options or AirOptions()
-        self.stem = WhiteningStem(in_channels, o.activation)
+        self.stem = WhiteningStem(in_channels, o.activation, bias=o.whiten_bias)
         channels = self.stem.out_channels
         self.blocks = nn.ModuleList()
         for width in o.widths:
@@ -186,4 +189,7 @@ ENTRIES = (
     ModelEntry("air-plain-m", AirHFSNet, AirOptions,
                "hfs-air-m without phi or the fused head (airbench's plain net)",
                {"widths": (64, 128, 128), "share": False, "fuse": False}),
+    ModelEntry("air-plain", AirHFSNet, AirOptions,
+               "hfs-air without phi or the fused head: airbench94's net, --recipe airbench94",
+               {"share": False, "fuse": False}),
 )

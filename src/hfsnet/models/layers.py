@@ -126,15 +126,25 @@ class WhiteningStem(nn.Module):
     Jordan's airbench, tysam-code's hlb-CIFAR10) find worth several epochs. The filters are
     computed from the first training batch the module sees and kept as buffers (not trained,
     saved in checkpoints, broadcast from rank 0 under DDP).
+
+    ``bias``: a trained bias per output channel (the parameter ``bias``), drawn as a conv's
+    default, uniform in +-1/sqrt(fan-in). airbench94_muon trains it for its first 3 epochs
+    only (see ``hfsnet.train.whiten_bias``). Off by default: a stem without it has no
+    parameters, so checkpoints of the other nets keep their keys.
     """
 
-    def __init__(self, in_channels: int, act: str = "relu", eps: float = 5e-4) -> None:
+    def __init__(self, in_channels: int, act: str = "relu", eps: float = 5e-4, *,
+                 bias: bool = False) -> None:
         super().__init__()
         patch = in_channels * 4
         self.out_channels = 2 * patch
         self.eps = eps
         self.register_buffer("weight", torch.zeros(self.out_channels, in_channels, 2, 2))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.bias: nn.Parameter | None = None
+        if bias:
+            bound = patch ** -0.5
+            self.bias = nn.Parameter(torch.empty(self.out_channels).uniform_(-bound, bound))
         self.act = activation(act, inplace=True)
 
     @torch.no_grad()
@@ -153,4 +163,5 @@ class WhiteningStem(nn.Module):
         if self.training and not self.fitted:
             with torch.autocast(x.device.type, enabled=False):  # the eigensolve needs fp64
                 self.fit(x)
-        return self.act(F.conv2d(x, self.weight.to(x.dtype)))
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return self.act(F.conv2d(x, self.weight.to(x.dtype), bias))

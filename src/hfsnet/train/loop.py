@@ -20,6 +20,7 @@ from hfsnet.errors import HfsnetError
 from hfsnet.fsutil import atomic_write_bytes
 from hfsnet.models import FeatureClassifier
 from hfsnet.models.base import count_params
+from hfsnet.train import whiten_bias
 from hfsnet.train.checkpoint import (
     Checkpoint,
     CheckpointStore,
@@ -30,7 +31,7 @@ from hfsnet.train.config import ConfigError, TrainConfig
 from hfsnet.train.distributed import convert_sync_batchnorm, init_distributed
 from hfsnet.train.ema import Lookahead, WeightAverage
 from hfsnet.train.evaluate import EvalResult, evaluate
-from hfsnet.train.optim import ParamGroup, build_optimizer, fused, set_lr_factor
+from hfsnet.train.optim import ParamGroup, optimizer_for, set_lr_factor
 from hfsnet.train.progress import Progress
 from hfsnet.train.rundir import (
     TENSORBOARD_DIR,
@@ -160,10 +161,7 @@ class Trainer:
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
             torch.manual_seed(config.seed + 1000 * self.dist.rank)  # own dropout per rank
         groups = groups or [ParamGroup("all", list(model.parameters()), config.lr)]
-        self.optimizer = fused(build_optimizer(groups, config.optimizer,
-                                               weight_decay=config.weight_decay,
-                                               momentum=config.momentum,
-                                               no_decay_lr_scale=config.norm_lr_scale))
+        self.optimizer = optimizer_for(config, groups)
         augment = AugmentConfig(crop_padding=config.crop_padding, flip=config.flip,
                                 cutout=config.cutout, alternate_flips=config.alternate_flips)
         self.loader = BatchLoader(data.train, config.batch_size, mean=data.mean, std=data.std,
@@ -186,6 +184,7 @@ class Trainer:
         # (trainer, epoch) after model.train() at the start of each epoch: freezing schedules
         # put modules back into eval mode or flip requires_grad here.
         self.epoch_hooks: list[EpochHook] = []
+        whiten_bias.install(self)
         self._stop: GracefulStop | None = None
         self._params = list(self.model.parameters())
         self._pending = PendingSteps()

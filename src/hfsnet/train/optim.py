@@ -1,14 +1,16 @@
-"""Optimizers over named parameter groups; weight decay skips norms and biases."""
+"""Optimizers over named parameter groups; weight decay skips norms and biases (unless asked)."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from hfsnet.train.config import TrainConfig
 from hfsnet.train.muon import MUON_LR_RATIO, Muon
 
 
@@ -31,6 +33,31 @@ def split_decay(params: Iterable[nn.Parameter]) -> tuple[list[nn.Parameter], lis
     return decay, no_decay
 
 
+@dataclass(frozen=True)
+class MuonSettings:
+    """What ``--optimizer muon`` gives its filter groups: ``lr_ratio`` times their named
+    ParamGroup's rate, ``momentum`` (None: the SGD groups'), and
+    :class:`~hfsnet.train.muon.Muon`'s ``ns_steps`` and ``normalize``."""
+
+    lr_ratio: float = MUON_LR_RATIO
+    momentum: float | None = None
+    steps: int = 5
+    normalize: bool = False
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> MuonSettings:
+        """A run's settings: ``muon_lr`` is the rate of filters in a group at ``lr``."""
+        ratio = MUON_LR_RATIO if config.muon_lr is None else config.muon_lr / config.lr
+        return cls(ratio, config.muon_momentum, config.muon_steps, config.muon_normalize)
+
+    def group_options(self, group_lr: float) -> dict[str, Any]:
+        options: dict[str, Any] = {"lr": group_lr * self.lr_ratio, "ns_steps": self.steps,
+                                   "normalize": self.normalize}
+        if self.momentum is not None:
+            options["momentum"] = self.momentum
+        return options
+
+
 def build_optimizer(
     groups: Sequence[ParamGroup],
     kind: str,
@@ -38,14 +65,20 @@ def build_optimizer(
     weight_decay: float,
     momentum: float = 0.9,
     no_decay_lr_scale: float = 1.0,
+    decay_norms: bool = False,
+    muon: MuonSettings | None = None,
 ) -> torch.optim.Optimizer:
     """One optimizer param group per (named group, decay/no-decay); each remembers its
     ``base_lr`` so that a schedule can scale every group by the same factor. The no-decay
-    half (norm shifts, biases) learns at ``no_decay_lr_scale`` times the group's rate.
+    half (norm shifts, biases) learns at ``no_decay_lr_scale`` times the group's rate and, with
+    ``decay_norms``, is decayed by the same fraction per step as the weights (its weight decay
+    divided by that scale) instead of not at all.
 
     ``muon`` also splits off each group's conv filters (3-D and up) into a ``<name>.muon``
-    group that :class:`~hfsnet.train.muon.Muon` orthogonalises, at ``MUON_LR_RATIO`` times the
-    group's rate; the rest, 2-D heads included, takes Nesterov SGD steps as under ``sgd``."""
+    group that :class:`~hfsnet.train.muon.Muon` orthogonalises, as ``muon`` (the settings)
+    says; the rest, 2-D heads included, takes Nesterov SGD steps as under ``sgd``."""
+    muon = muon or MuonSettings()
+    no_decay_wd = weight_decay / no_decay_lr_scale if decay_norms else 0.0
     torch_groups = []
     for group in groups:
         decay, no_decay = split_decay(group.params)
@@ -53,15 +86,17 @@ def build_optimizer(
         # layers exist here only in heads, which Muon's author keeps on a scalar optimizer.
         filters = [p for p in decay if kind == "muon" and p.ndim >= 3]
         decay = [p for p in decay if not (kind == "muon" and p.ndim >= 3)]
-        parts = ((decay, weight_decay, group.lr, "", False),
-                 (no_decay, 0.0, group.lr * no_decay_lr_scale, ".no_decay", False),
-                 (filters, weight_decay, group.lr * MUON_LR_RATIO, ".muon", True))
-        for params, wd, lr, suffix, muon in parts:
+        parts = ((decay, {"weight_decay": weight_decay, "lr": group.lr}, "", False),
+                 (no_decay, {"weight_decay": no_decay_wd, "lr": group.lr * no_decay_lr_scale},
+                  ".no_decay", False),
+                 (filters, {"weight_decay": weight_decay,
+                            **muon.group_options(group.lr)}, ".muon", True))
+        for params, options, suffix, is_muon in parts:
             if params:
-                torch_group = {"params": params, "weight_decay": wd, "lr": lr,
-                               "base_lr": lr, "name": group.name + suffix}
+                torch_group = {"params": params, **options, "base_lr": options["lr"],
+                               "name": group.name + suffix}
                 if kind == "muon":
-                    torch_group["muon"] = muon
+                    torch_group["muon"] = is_muon
                 torch_groups.append(torch_group)
     if not torch_groups:
         raise ValueError("no trainable parameters: everything is frozen")
@@ -75,6 +110,16 @@ def build_optimizer(
     if kind == "adamw":
         return torch.optim.AdamW(torch_groups, lr=groups[0].lr)
     raise ValueError(f"unknown optimizer {kind!r}")
+
+
+def optimizer_for(config: TrainConfig, groups: Sequence[ParamGroup]) -> torch.optim.Optimizer:
+    """The optimizer ``config`` asks for over ``groups``, with its fused kernel where it has
+    one: every optimizer setting of a TrainConfig reaches the optimizer through here."""
+    return fused(build_optimizer(groups, config.optimizer, weight_decay=config.weight_decay,
+                                 momentum=config.momentum,
+                                 no_decay_lr_scale=config.norm_lr_scale,
+                                 decay_norms=config.decay_norms,
+                                 muon=MuonSettings.of(config)))
 
 
 def set_lr_factor(optimizer: torch.optim.Optimizer, factor: float) -> None:

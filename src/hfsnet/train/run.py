@@ -57,6 +57,12 @@ def fresh_trainer(config: TrainConfig, out_dir: str | Path, *, data: DataSplits 
         refuse_existing_run(out)
     _prepare(config)
     data = data if data is not None else load_data(config)
+    return assemble_trainer(config, out, data, progress=progress, overwrite=overwrite)
+
+
+def assemble_trainer(config: TrainConfig, out: Path, data: DataSplits, *,
+                     progress: bool = True, overwrite: bool = False) -> Trainer:
+    """The Trainer of ``config`` over the model it names."""
     return Trainer(config, out, data, build_model(config, data), progress=progress,
                    overwrite=overwrite)
 
@@ -92,6 +98,6 @@ def resume_trainer(run_dir: str | Path, *, data: DataSplits | None = None,
     if data.digest != ckpt.meta["data_digest"]:
         raise CheckpointError(f"--resume: the data of {config.data!r} changed since "
                               f"{ckpt.path} was saved (content digest differs)")
-    trainer = Trainer(config, run_dir, data, build_model(config, data), progress=progress)
+    trainer = assemble_trainer(config, run_dir, data, progress=progress)
     trainer.restore(ckpt)
     return trainer
