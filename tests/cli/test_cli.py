@@ -4,15 +4,10 @@ import pytest
 from PIL import Image
 
 from hfsnet.cli import main
+from tests.helpers import last_json, tiny_hfs_flags
 
-SMALL = ["--model", "hfs", "--model-opt", "stages=[1,1]", "--model-opt", "growth=8",
-         "--model-opt", "stem=8", "--epochs", "3", "--batch-size", "16", "--lr", "0.003",
+SMALL = [*tiny_hfs_flags(), "--epochs", "3", "--batch-size", "16", "--lr", "0.003",
          "--precision", "fp32", "--quiet"]
-
-
-def last_json(capsys) -> dict:
-    lines = capsys.readouterr().out.strip().splitlines()
-    return json.loads(lines[-1])
 
 
 def test_models_lists_registry(capsys):

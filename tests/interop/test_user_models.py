@@ -9,13 +9,10 @@ from hfsnet.interop.user_models import model_from_checkpoint, register_user_mode
 from hfsnet.models import create_model
 from hfsnet.models.share import SharedClassifier
 from hfsnet.train.checkpoint import CheckpointError, load_checkpoint
+from tests.helpers import last_json
 
 RESNET = "hfsnet_test_usernets:tiny_resnet"
 FAST = ["--epochs", "1", "--batch-size", "16", "--precision", "fp32", "--quiet"]
-
-
-def last_json(capsys) -> dict:
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def test_a_user_network_trains_from_the_cli(shared_run):
