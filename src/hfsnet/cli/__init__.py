@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help
         return int(done.code or 0)
     args.argv = argv
-    warnings.formatwarning = _warning_line
+    python_format, warnings.formatwarning = warnings.formatwarning, _warning_line
     try:
         if getattr(args, "threads", None):
             torch.set_num_threads(args.threads)
@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         return _fail(f"hfsnet: internal error: {type(err).__name__}: {err} (a bug: rerun "
                      "with --debug for the traceback)", EXIT_BUG, debug=args.debug)
+    finally:
+        warnings.formatwarning = python_format  # main() may be called from Python, e.g. tests
 
 
 def _os_error(err: OSError) -> str:
