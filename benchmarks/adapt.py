@@ -1,0 +1,569 @@
+"""Adaptation benchmark: a pretrained EfficientNet-Lite0 (ImageNet) adapted to new image data.
+
+Tasks: EuroSAT RGB (64 px native), CIFAR-10 (32 px native; ``cifar10-64``: the same images
+upsampled to 64 px by the trunk), Fashion-MNIST (28 px grayscale, replicated to 3 channels and
+upsampled to 32 px by the trunk). Regimes: 100 training images per class (``100``, VTAB-1k
+style, drawn by ``few_shot`` with the seed) and every training image (``all``); the whole test
+split always. Methods (a cell is task x regime x method x seed):
+
+    cli-adapt        ``hfsnet adapt`` itself as a subprocess, timed from process start to exit
+    logreg-last      multinomial logistic regression (torch LBFGS on standardised columns, L2
+                     strength chosen on a 10% holdout) on the last level, global-average-pooled
+    ridge-last       ridge on the last level (gap)
+    ridge-all        ridge on all 8 levels (gap), standardised columns, strength on a holdout
+    ridge-all-cl2    ridge-all with --normalize center-l2 --alpha-select loo
+    ridge-all-2x2    ridge on all levels, 2x2 pooled
+    ridge-select     ridge-all with --select 1024
+    ridge-expand     ridge-all with --expand 2048 (random ReLU features, input kept)
+    sgd-last, sgd-all, sgd-all-2x2   a linear head trained by AdamW on the cache
+    level-N          ridge on level N alone (gap): the per-level probe
+    ft-1rate         fine-tuning, one learning rate for trunk and head (fresh head)
+    ft-2rate         fine-tuning, trunk at 0.2x the head's rate (fresh head)
+    ft-2rate-ridge   the ridge-all head fitted and installed first, then ft-2rate from it
+    scratch          hfs-air-s trained from scratch with the ``fast`` recipe
+
+One feature cache per task (all levels, 2x2 pooled, train + test at the task's side) serves
+every head: a gap column is the mean of its channel's four 2x2 cells, exact because every
+level's map side is even or 1 at these sides (:func:`check_exact_gap` asserts it), and the
+100/class rows are the ones ``few_shot`` draws (:func:`few_shot_rows` replays its draw on the
+cached labels; checked against ``few_shot`` itself). A head cell's wall time is its fit and
+test scoring plus the feature pass of its regime: for ``all`` the full cache's build, for
+``100`` the build of a real 100/class cache (1,000 train + the test split; built once per task,
+seed 0, and its rows compared with the sliced ones).
+
+    .venv/bin/python benchmarks/adapt.py --methods cli-adapt --tasks eurosat --seeds 0
+    .venv/bin/python benchmarks/adapt.py --regimes 100 --methods heads
+    .venv/bin/python benchmarks/adapt.py --regimes 100 --methods ft --tasks eurosat --seeds 0
+    .venv/bin/python benchmarks/adapt.py --report   # results JSON + docs/results/adapt/
+
+``--methods`` takes names or the groups ``heads``, ``levels``, ``ft``. Every finished cell is
+one JSON line in WORK/cells.jsonl and a rerun skips it; each invocation merges every cell of
+the log into --results with its command line and load averages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hfsnet.data import DataSplits, load_dataset
+from hfsnet.models import create_model
+from hfsnet.models.level_head import install_head
+from hfsnet.train import resolve_config, train
+from hfsnet.transfer.finetune import FinetuneOptions, build_finetuner
+from hfsnet.transfer.fit import HeadOptions, cache_for, fit_cached_head, score_descriptors
+from hfsnet.transfer.source import Source, for_trunk, to_rgb
+from hfsnet.transfer.subsets import few_shot
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared/datasets"
+MODEL = "efficientnet-lite0"
+TASKS = {
+    "eurosat": {"spec": str(DATASETS / "eurosat-rgb.tar.gz"), "side": 64},
+    "cifar10": {"spec": str(DATASETS / "cifar10-jpg.tar.gz"), "side": 32},
+    "fashion-mnist": {"spec": "fashion-mnist", "side": 32},
+    "cifar10-64": {"spec": str(DATASETS / "cifar10-jpg.tar.gz"), "side": 64},
+}
+REGIMES = ("100", "all")
+PER_CLASS = 100
+# name: (HeadOptions changes, levels: "all" or "last" or a level number, pool)
+HEADS: dict[str, tuple[dict[str, Any], str, str]] = {
+    "ridge-last": ({}, "last", "gap"),
+    "ridge-all": ({}, "all", "gap"),
+    "ridge-all-cl2": ({"normalize": "center-l2", "alpha_select": "loo"}, "all", "gap"),
+    "ridge-all-2x2": ({}, "all", "2x2"),
+    "ridge-select": ({"select": 1024}, "all", "gap"),
+    "ridge-expand": ({"expand": 2048}, "all", "gap"),
+    "sgd-last": ({"method": "sgd"}, "last", "gap"),
+    "sgd-all": ({"method": "sgd"}, "all", "gap"),
+    "sgd-all-2x2": ({"method": "sgd"}, "all", "2x2"),
+}
+LEVELS = 8  # EfficientNet-Lite0, taps=stages
+FINETUNES = ("ft-2rate", "ft-1rate", "ft-2rate-ridge")
+GROUPS = {"heads": ["logreg-last", *HEADS], "levels": [f"level-{n}" for n in range(1, 9)],
+          "ft": list(FINETUNES)}
+SGD_EPOCHS = {"100": 30, "all": 10}  # all: 10 passes over 24,300-60,000 rows
+FT_EPOCHS = 5
+HEAD_LR = 2e-3
+# benchmarks/transfer.py's pinned fine-tuning recipe: AdamW, one-cycle, batch 64, crops, flips.
+RECIPE = {"optimizer": "adamw", "lr": HEAD_LR, "weight_decay": 5e-4, "schedule": "onecycle",
+          "warmup_fraction": 0.15, "batch_size": 64, "crop_padding": 4, "flip": True,
+          "precision": "bf16", "channels_last": True}
+# Full CIFAR-10 from scratch is already measured: reused, not retrained.
+SCRATCH_CIFAR_ALL = {"test_acc": 0.8590, "seconds": 271.0, "n": 5,
+                     "source": "benchmarks/results/time_to_accuracy.json and README: "
+                     "`hfsnet train --recipe fast`, mean of 5 seeds (85.56-86.21%), 268-282 s"}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--work", type=Path, default=REPO / "runs/adapt-bench")
+    p.add_argument("--results", type=Path, default=REPO / "benchmarks/results/adapt.json")
+    p.add_argument("--tasks", default="eurosat,cifar10,fashion-mnist")
+    p.add_argument("--regimes", default="100,all")
+    p.add_argument("--methods", default="heads")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--report", action="store_true", help="also write docs/results/adapt/")
+    p.add_argument("--report-dir", type=Path, default=REPO / "docs/results/adapt")
+    return p.parse_args(argv)
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- data, trunk and caches
+
+
+def load_task(task: str) -> DataSplits:
+    """The task's images at their native size, 3 channels (grayscale replicated)."""
+    return to_rgb(load_dataset(TASKS[task]["spec"]))
+
+
+def build_trunk(task: str, num_classes: int) -> tuple[Any, Source]:
+    model = create_model(MODEL, num_classes=num_classes, image_size=TASKS[task]["side"])
+    return model, Source.pretrained(model)
+
+
+def check_exact_gap(model: Any, side: int) -> list[int]:
+    """Every level's map side at input ``side``; all even or 1, so gap = mean of 2x2 cells."""
+    with torch.no_grad():
+        maps = model.eval().forward_features(torch.zeros(1, 3, side, side))
+    sides = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
+    assert all(s == 1 or s % 2 == 0 for hw in sides for s in hw), sides
+    return [h for h, _ in sides]
+
+
+def few_shot_rows(labels: np.ndarray, classes: int, count: int, seed: int) -> np.ndarray:
+    """The training rows ``few_shot(data, count, seed)`` keeps, from the labels alone (the same
+    generator draws as ``subsets.sample_per_class``)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels_t = torch.from_numpy(np.asarray(labels))
+    picked = []
+    for label in range(classes):
+        members = torch.nonzero(labels_t == label).flatten()
+        picked.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    return torch.cat(picked).sort().values.numpy()
+
+
+@dataclass
+class CacheView:
+    """Rows and levels of a cache, in RAM, read like a FeatureCache by ``fit_cached_head``."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    levels: list[int]
+    pool: str
+    classes: list[str]
+    path: Path
+
+    def features(self, split: str) -> np.ndarray:
+        return self.train_x if split == "train" else self.test_x
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.train_y if split == "train" else self.test_y
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return {"levels": self.levels, "pool": self.pool}
+
+    @property
+    def width(self) -> int:
+        return int(self.train_x.shape[1])
+
+
+def level_columns(channels: Sequence[int], levels: Sequence[int], pool: str) -> np.ndarray:
+    """Columns of ``levels`` in the 2x2 cache (channel-major, 4 cells each); for gap, the
+    caller averages each channel's 4 cells."""
+    starts = np.cumsum([0, *[4 * c for c in channels]])
+    return np.concatenate([np.arange(starts[lv - 1], starts[lv]) for lv in levels])
+
+
+def view_rows(features: np.ndarray, rows: np.ndarray | None, columns: np.ndarray,
+              pool: str) -> np.ndarray:
+    x = np.asarray(features[rows] if rows is not None else features)[:, columns]
+    if pool == "2x2":
+        return x
+    return x.reshape(len(x), -1, 4).astype(np.float32).mean(-1).astype(np.float16)
+
+
+@dataclass
+class TaskCache:
+    """A task's full 2x2 cache, and what its feature passes cost."""
+
+    cache: Any
+    channels: list[int]
+    full_seconds: float  # building it (train + test)
+    few_seconds: float  # building a real 100/class cache (1,000 train + test)
+    few_check: dict[str, Any]
+
+    def view(self, regime: str, seed: int, levels: list[int], pool: str) -> CacheView:
+        columns = level_columns(self.channels, levels, "2x2")
+        train_y = self.cache.labels("train")
+        rows = (few_shot_rows(train_y, len(self.cache.classes), PER_CLASS, seed)
+                if regime != "all" else None)
+        train_x = view_rows(self.cache.features("train"), rows, columns, pool)
+        return CacheView(train_x, train_y[rows] if rows is not None else train_y,
+                         view_rows(self.cache.features("test"), None, columns, pool),
+                         self.cache.labels("test"), levels, pool, self.cache.classes,
+                         self.cache.path)
+
+    def feature_seconds(self, regime: str) -> float:
+        return self.full_seconds if regime == "all" else self.few_seconds
+
+
+def build_seconds(cache: Any) -> float:
+    return float(json.loads((Path(cache.path) / "manifest.json").read_text())["build_seconds"])
+
+
+def task_cache(task: str, data: DataSplits, work: Path) -> TaskCache:
+    """The full cache (built once), and a real 100/class seed-0 cache for its build time and
+    to check that its rows equal the rows sliced from the full one."""
+    model, source = build_trunk(task, data.num_classes)
+    check_exact_gap(model, TASKS[task]["side"])
+    options = HeadOptions(levels="all", pool="2x2")
+    full = cache_for(model, for_trunk(source, data), work / "cache" / task, options).cache
+    # few_shot first: it sets the subset's own statistics, for_trunk then the trunk's.
+    small = cache_for(model, for_trunk(source, few_shot(data, PER_CLASS, 0)),
+                      work / "cache" / f"{task}-100", options).cache
+    result = TaskCache(full, model.stage_channels(), build_seconds(full), build_seconds(small),
+                       {})
+    rows = few_shot_rows(full.labels("train"), data.num_classes, PER_CLASS, 0)
+    sliced = np.asarray(full.features("train")[rows], dtype=np.float32)
+    direct = np.asarray(small.features("train"), dtype=np.float32)
+    result.few_check = {
+        "labels_equal": bool(np.array_equal(full.labels("train")[rows], small.labels("train"))),
+        "max_abs_diff": float(np.abs(sliced - direct).max()),
+        "max_abs_value": float(np.abs(direct).max())}
+    return result
+
+
+# ---------------------------------------------------------------- head cells
+
+
+def head_options(method: str, regime: str, seed: int) -> tuple[HeadOptions, list[int], str]:
+    change, levels, pool = HEADS[method]
+    options = HeadOptions(normalize="standardize", select=0, expand=0, alpha_select="holdout",
+                          seed=seed)
+    for name, value in change.items():
+        setattr(options, name, value)
+    options.sgd.epochs = SGD_EPOCHS[regime]
+    options.sgd.seed = seed
+    return options, ([LEVELS] if levels == "last" else list(range(1, LEVELS + 1))), pool
+
+
+def head_cell(method: str, regime: str, seed: int, cache: TaskCache) -> dict[str, Any]:
+    """A cache head: fit on the view's training rows, scored on the cached test rows."""
+    if method.startswith("level-"):
+        options, levels, pool = head_options("ridge-all", regime, seed)
+        levels = [int(method.split("-")[1])]
+    else:
+        options, levels, pool = head_options(method, regime, seed)
+    view = cache.view(regime, seed, levels, pool)
+
+    def fit() -> tuple[float, dict[str, Any]]:
+        head, details = fit_cached_head(view, cache.channels, options)
+        test = score_descriptors(head, view.test_x, view.test_y, len(view.classes))
+        return test.acc, details
+
+    (acc, details), seconds = timed(fit)
+    feature = cache.feature_seconds(regime)
+    return {"test_acc": acc, "seconds": seconds + feature, "fit_seconds": seconds,
+            "feature_seconds": feature, "width": view.width, "levels": levels, "pool": pool,
+            "alpha": details.get("alpha"), "head_input_width": details.get("head_input_width")}
+
+
+def logreg(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+           classes: int, seed: int, l2s: Sequence[float] = (1e-4, 1e-3, 1e-2)) -> dict[str, Any]:
+    """Multinomial logistic regression by full-batch LBFGS on standardised columns; the L2
+    strength is the one best on a 10% holdout, then refitted on every row."""
+    x = torch.from_numpy(np.asarray(train_x, dtype=np.float32))
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    y = torch.from_numpy(np.asarray(train_y)).long()
+    test = (torch.from_numpy(np.asarray(test_x, dtype=np.float32)) - mean) / std
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    held, kept = order[: len(x) // 10], order[len(x) // 10:]
+    holdout = {}
+    for l2 in l2s:
+        w, b = _lbfgs(x[kept], y[kept], classes, l2)
+        holdout[l2] = ((x[held] @ w + b).argmax(1) == y[held]).float().mean().item()
+    best = max(l2s, key=lambda l2: (holdout[l2], l2))
+    w, b = _lbfgs(x, y, classes, best)
+    acc = ((test @ w + b).argmax(1) == torch.from_numpy(np.asarray(test_y))).float().mean()
+    return {"test_acc": acc.item(), "l2": best,
+            "holdout_acc": {str(k): v for k, v in holdout.items()}}
+
+
+def _lbfgs(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float,
+           steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    w = torch.zeros(x.shape[1], classes, requires_grad=True)
+    b = torch.zeros(classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def logreg_cell(regime: str, seed: int, cache: TaskCache) -> dict[str, Any]:
+    view = cache.view(regime, seed, [LEVELS], "gap")
+    fit, seconds = timed(lambda: logreg(view.train_x, view.train_y, view.test_x, view.test_y,
+                                        len(view.classes), seed))
+    feature = cache.feature_seconds(regime)
+    return {**fit, "seconds": seconds + feature, "fit_seconds": seconds,
+            "feature_seconds": feature, "width": view.width, "levels": [LEVELS], "pool": "gap"}
+
+
+# ---------------------------------------------------------------- training cells
+
+
+def ft_config(task: str, seed: int, epochs: int) -> Any:
+    return resolve_config("default", model=MODEL, data=TASKS[task]["spec"], epochs=epochs,
+                          seed=seed, track_test=False, **RECIPE)
+
+
+def finetune_cell(task: str, method: str, regime: str, seed: int, data: DataSplits,
+                  cache: TaskCache | None, out: Path) -> dict[str, Any]:
+    """Fine-tuning from the pretrained trunk; ``ft-2rate-ridge`` installs the ridge-all head
+    (fitted on the cache of the same rows) first and keeps it."""
+    target = few_shot(data, PER_CLASS, seed) if regime != "all" else data
+    one_rate = method == "ft-1rate"
+    options = FinetuneOptions(head_lr=HEAD_LR, trunk_lr=HEAD_LR if one_rate else None)
+    extra: dict[str, Any] = {}
+
+    def run() -> Any:
+        model, source = build_trunk(task, data.num_classes)
+        if method == "ft-2rate-ridge":
+            assert cache is not None
+            head_opts, levels, pool = head_options("ridge-all", regime, seed)
+            view = cache.view(regime, seed, levels, pool)
+            head, details = fit_cached_head(view, cache.channels, head_opts)
+            install_head(model, head)
+            extra["ridge_alpha"] = details.get("alpha")
+            source = Source(model, {**source.meta, "classes": list(data.classes)}, None,
+                            f"{MODEL} + ridge head")
+        trainer, record = build_finetuner(source, target, ft_config(task, seed, FT_EPOCHS),
+                                          out, options, progress=False)
+        return trainer.fit(), record
+
+    (result, record), seconds = timed(run)
+    if method == "ft-2rate-ridge":
+        assert cache is not None
+        extra["feature_seconds"] = cache.feature_seconds(regime)
+        seconds += extra["feature_seconds"]
+    return {"test_acc": result.test_acc, "seconds": seconds, "epochs": FT_EPOCHS,
+            "epoch_seconds": [row["seconds"] for row in result.history],
+            "head_lr": record["head_lr"], "trunk_lr": record["trunk_lr"],
+            "head": record.get("head"), **extra}
+
+
+def scratch_cell(task: str, regime: str, seed: int, data: DataSplits,
+                 out: Path) -> dict[str, Any]:
+    target = few_shot(data, PER_CLASS, seed) if regime != "all" else data
+    config = resolve_config("fast", data=TASKS[task]["spec"], seed=seed)
+    result, seconds = timed(lambda: train(config, out, data=target, progress=False,
+                                          overwrite=True))
+    return {"test_acc": result.test_acc, "seconds": seconds, "epochs": result.epochs,
+            "model": config.model, "recipe": "fast"}
+
+
+def cli_adapt_cell(task: str, regime: str, seed: int, work: Path) -> dict[str, Any]:
+    """``hfsnet adapt`` as a user runs it, timed from process start to exit."""
+    out = work / "cli" / f"{task}-{regime}-{seed}"
+    command = [".venv/bin/hfsnet", "adapt", "--model", MODEL, "--data", TASKS[task]["spec"],
+               "--out", str(out), "--overwrite", "--seed", str(seed), "--json"]
+    if regime != "all":
+        command[-1:-1] = ["--per-class", str(PER_CLASS)]
+    done, seconds = timed(lambda: subprocess.run(command, cwd=REPO, capture_output=True,
+                                                 text=True, check=True))
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"test_acc": result["test_acc"], "seconds": seconds, "command": " ".join(command),
+            "feature_seconds": result["feature_seconds"], "fit_seconds": result["fit_seconds"],
+            "eval_seconds": result["eval_seconds"],
+            "total_seconds_inside": result["total_seconds"], "cache_built": result["cache_built"]}
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def read_cells(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def cell_id(cell: dict) -> tuple:
+    return (cell["task"], cell["regime"], cell["method"], cell["seed"])
+
+
+def expand_methods(text: str) -> list[str]:
+    return [m for name in text.split(",") for m in GROUPS.get(name, [name])]
+
+
+class TaskState:
+    """A task's data and cache, loaded when a cell first needs them."""
+
+    def __init__(self, task: str, work: Path) -> None:
+        self.task, self.work = task, work
+        self._data: DataSplits | None = None
+        self._cache: TaskCache | None = None
+
+    @property
+    def data(self) -> DataSplits:
+        if self._data is None:
+            self._data = load_task(self.task)
+        return self._data
+
+    @property
+    def cache(self) -> TaskCache:
+        if self._cache is None:
+            self._cache = task_cache(self.task, self.data, self.work)
+            record = {"task": self.task, "full_build_seconds": self._cache.full_seconds,
+                      "few_build_seconds": self._cache.few_seconds,
+                      "few_rows_check": self._cache.few_check,
+                      "train_rows": len(self._cache.cache.labels("train")),
+                      "test_rows": len(self._cache.cache.labels("test")),
+                      "width_2x2": self._cache.cache.width, "load_average": load_average()}
+            print(json.dumps(record), file=sys.stderr, flush=True)
+            with (self.work / "caches.jsonl").open("a") as file:
+                file.write(json.dumps(record) + "\n")
+        return self._cache
+
+
+def run_cell(state: TaskState, regime: str, method: str, seed: int) -> dict[str, Any]:
+    out = state.work / "runs" / f"{state.task}-{regime}-{method}-{seed}"
+    if method == "cli-adapt":
+        return cli_adapt_cell(state.task, regime, seed, state.work)
+    if method == "logreg-last":
+        return logreg_cell(regime, seed, state.cache)
+    if method in HEADS or method.startswith("level-"):
+        return head_cell(method, regime, seed, state.cache)
+    if method in FINETUNES:
+        cache = state.cache if method == "ft-2rate-ridge" else None
+        return finetune_cell(state.task, method, regime, seed, state.data, cache, out)
+    if method == "scratch":
+        return scratch_cell(state.task, regime, seed, state.data, out)
+    raise SystemExit(f"--methods: unknown method {method!r}")
+
+
+def run_grid(args: argparse.Namespace, log: Path) -> None:
+    done = {cell_id(c) for c in read_cells(log)}
+    for task in args.tasks.split(","):
+        state = TaskState(task, args.work)
+        for regime in args.regimes.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                for method in expand_methods(args.methods):
+                    if (task, regime, method, seed) in done:
+                        continue
+                    before = load_average()
+                    cell = {"task": task, "regime": regime, "method": method, "seed": seed,
+                            **run_cell(state, regime, method, seed),
+                            "load_before": before, "load_after": load_average(),
+                            "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+                            "torch_threads": torch.get_num_threads()}
+                    print(json.dumps(cell), file=sys.stderr, flush=True)
+                    with log.open("a") as file:
+                        file.write(json.dumps(cell) + "\n")
+
+
+def summarize(cells: list[dict]) -> list[dict]:
+    """Mean and spread per (task, regime, method); a cell logged twice (two invocations that
+    raced on it) counts once, its first record."""
+    groups: dict[tuple, list[dict]] = {}
+    for cell in {cell_id(c): c for c in reversed(cells)}.values():
+        groups.setdefault((cell["task"], cell["regime"], cell["method"]), []).append(cell)
+    rows = []
+    for (task, regime, method), members in groups.items():
+        accs = [c["test_acc"] for c in members]
+        rows.append({"task": task, "regime": regime, "method": method, "n": len(members),
+                     "seeds": sorted(c["seed"] for c in members),
+                     "acc_mean": statistics.fmean(accs),
+                     "acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
+                     "seconds_mean": statistics.fmean(c["seconds"] for c in members),
+                     "load_max": max(max(c.get("load_before", [0])[:1] + c.get(
+                         "load_after", [0])[:1]) for c in members)})
+    return rows
+
+
+def invocation(argv: list[str]) -> str:
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return (f"OMP_NUM_THREADS={threads} " if threads else "") + \
+        ".venv/bin/python benchmarks/adapt.py " + " ".join(argv)
+
+
+def record_command(work: Path, argv: list[str]) -> None:
+    """WORK/commands.txt: every grid invocation on this --work, with its start load average."""
+    with (work / "commands.txt").open("a") as file:
+        file.write(f"{invocation(argv)}  # started {time.strftime('%Y-%m-%d %H:%M:%S')}, load "
+                   f"average {load_average()}\n")
+
+
+def write_results(args: argparse.Namespace, log: Path) -> dict:
+    commands_file = args.work / "commands.txt"
+    commands = commands_file.read_text().splitlines() if commands_file.is_file() else []
+    cells = read_cells(log)
+    caches = read_cells(args.work / "caches.jsonl")
+    results = {
+        "commands": commands,
+        "model": f"{MODEL} (ImageNet weights, taps=stages, 8 levels)",
+        "tasks": TASKS, "per_class": PER_CLASS,
+        "grid": {"sgd_epochs": SGD_EPOCHS, "ft_epochs": FT_EPOCHS, "head_lr": HEAD_LR,
+                 "trunk_lr_two_rate": 0.2 * HEAD_LR, "recipe": RECIPE,
+                 "heads": {k: {"change": v[0], "levels": v[1], "pool": v[2]}
+                           for k, v in HEADS.items()}},
+        "scratch_cifar10_all_reused": SCRATCH_CIFAR_ALL,
+        "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
+                    "python": platform.python_version(), "platform": platform.platform(),
+                    "load_average_at_end": load_average()},
+        "caches": caches, "summary": summarize(cells), "cells": cells,
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    argv = list(argv if argv is not None else sys.argv[1:])
+    args.work.mkdir(parents=True, exist_ok=True)
+    log = args.work / "cells.jsonl"
+    if not args.report:
+        record_command(args.work, argv)
+        run_grid(args, log)
+    results = write_results(args, log)
+    if args.report:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from adapt_report import render_check, write_report
+        _, page = write_report(results, args.report_dir)
+        print(render_check(page, args.work / "report-screenshot.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
