@@ -54,6 +54,12 @@ def run_adapt(capsys, *flags):
     return code, payload, captured.err
 
 
+def same_within_float16(evaluated, adapted) -> bool:
+    """adapt scores the cached float16 test descriptors, evaluate reruns the trunk in fp32:
+    they may differ by an image whose top two scores are within float16 rounding."""
+    return abs(evaluated["test_acc"] - adapted["test_acc"]) <= 1 / adapted["test_images"] + 1e-9
+
+
 def write_png(path, pixels):
     Image.fromarray(pixels).save(path)
     return path
@@ -78,7 +84,7 @@ def test_checkpoint_serves_predict_evaluate_and_export(rgb_folder, tmp_path, cap
 
     assert cli.main(["evaluate", "--checkpoint", str(out), "--data", str(rgb_folder),
                      "--json"]) == 0
-    assert last_json(capsys)["test_acc"] == pytest.approx(result["test_acc"])
+    assert same_within_float16(last_json(capsys), result)
 
     red = np.full((40, 24, 3), 20, dtype=np.uint8)  # another size: predict resizes it
     red[..., 0] = 220  # class 0 ("circle") shows as a dominant red channel
@@ -110,7 +116,7 @@ def test_pretrained_weights_at_32_px(tmp_path, make_image_folder, capsys):
     assert torch.equal(weights[stem], reference.state_dict()["net._conv_stem.weight"])
     assert result["head"]["levels"] == [7, 8] and result["train_images"] == 12
     assert cli.main(["evaluate", "--checkpoint", str(out), "--data", str(data), "--json"]) == 0
-    assert last_json(capsys)["test_acc"] == pytest.approx(result["test_acc"])
+    assert same_within_float16(last_json(capsys), result)
 
 
 def test_grayscale_images_are_replicated_to_rgb(tmp_path, capsys):
@@ -288,7 +294,7 @@ def test_rgba_and_mixed_sizes_load_with_a_note(tmp_path, capsys):
     assert meta["image_size"] == [48, 48] and meta["in_channels"] == 3
     assert meta["config"]["image_size"] == 48  # evaluate loads the folder the same way
     assert cli.main(["evaluate", "--checkpoint", str(out), "--data", str(data), "--json"]) == 0
-    assert last_json(capsys)["test_acc"] == pytest.approx(result["test_acc"])
+    assert same_within_float16(last_json(capsys), result)
 
 
 def test_library_call_without_the_cli(rgb_folder, tmp_path):
