@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from hfsnet.data import sources
 from hfsnet.models import FeatureClassifier, create_model
 
 # Two one-layer stages: trains on the 16x16 test folders in about a second.
@@ -41,3 +42,16 @@ def model_opt_flags(options: Mapping[str, Any], prefix: str = "") -> list[str]:
 def tiny_hfs_flags(**overrides: Any) -> list[str]:
     """``--model hfs`` and the tiny net's ``--model-opt`` flags."""
     return ["--model", "hfs", *model_opt_flags(tiny_hfs_options(**overrides))]
+
+
+def decodes_counted(monkeypatch: Any) -> list[int]:
+    """Count calls of the image-folder decoder."""
+    calls: list[int] = []
+    real = sources.read_image_folder
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sources, "read_image_folder", counting)
+    return calls

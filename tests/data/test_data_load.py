@@ -12,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from hfsnet.data import DataError, load_dataset, sources
+from hfsnet.data import DataError, load_dataset
 from hfsnet.data.cache import default_cache_dir
 from hfsnet.data.splits import stratified_pick
+from tests.helpers import decodes_counted
 
 CLASSES = {"a": 20, "b": 10, "c": 30}
 
@@ -22,19 +23,6 @@ CLASSES = {"a": 20, "b": 10, "c": 30}
 @pytest.fixture
 def tree(image_tree):
     return image_tree(classes=CLASSES, size=(4, 4))
-
-
-def decodes_counted(monkeypatch) -> list[int]:
-    """Count calls of the image-folder decoder."""
-    calls: list[int] = []
-    real = sources.read_image_folder
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sources, "read_image_folder", counting)
-    return calls
 
 
 @pytest.mark.parametrize("flag, value, match", [

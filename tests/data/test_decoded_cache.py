@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from hfsnet.data import load_dataset, sources
+from hfsnet.data import load_dataset
+from tests.helpers import decodes_counted
 
 CLASSES = {"a": 4, "b": 3}
 
@@ -24,15 +25,7 @@ def tree(image_tree):
 
 @pytest.fixture
 def decodes(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    real = sources.read_image_folder
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(sources, "read_image_folder", counting)
-    return calls
+    return decodes_counted(monkeypatch)
 
 
 def entry_of(cache_dir: Path) -> Path:
