@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hfsnet.data import DataError, load_dataset
+from hfsnet.data import DataError, MixedSizesError, load_dataset
 from hfsnet.data.folder import read_image_folder
 
 
@@ -201,3 +201,13 @@ def test_worker_processes_decode_the_same(image_tree, archive_of, monkeypatch) -
     pooled = read_image_folder(archive, None, workers=2)
     assert np.array_equal(serial.train.images.numpy(), pooled.train.images.numpy())
     assert serial.test.labels.tolist() == pooled.test.labels.tolist()
+
+
+def test_mixed_sizes_raise_their_own_error_type(tmp_path):
+    root = tmp_path / "mixed"
+    for split in ("train", "test"):
+        for name, side in (("a", 8), ("b", 12)):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (side, side)).save(root / split / name / "0.png")
+    with pytest.raises(MixedSizesError, match="images differ in size"):
+        load_dataset(str(root))

@@ -2,7 +2,7 @@
 
 from .augment import AugmentConfig
 from .decode import read_image_file
-from .errors import DataError
+from .errors import DataError, MixedSizesError
 from .imageset import DataSplits, ImageSet
 from .load import data_spec, load_dataset
 from .loader import BatchLoader
@@ -14,6 +14,7 @@ __all__ = [
     "DataError",
     "DataSplits",
     "ImageSet",
+    "MixedSizesError",
     "data_spec",
     "load_dataset",
     "normalize",

@@ -12,6 +12,10 @@ class DataError(HfsnetError):
     """
 
 
+class MixedSizesError(DataError):
+    """A folder whose images differ in size, loaded without a target ``image_size``."""
+
+
 def listing(items: list[str], limit: int = 10) -> str:
     """Up to ``limit`` items joined for a message, then how many more there are."""
     shown = "; ".join(printable(item) for item in items[:limit])

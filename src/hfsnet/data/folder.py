@@ -17,7 +17,7 @@ import torch
 
 from .archive import display_path, iter_entries
 from .decode import UNREADABLE, array_to_chw, decode_array, image_extensions
-from .errors import DataError, listing
+from .errors import DataError, MixedSizesError, listing
 from .imageset import Decoded, ImageSet
 
 SPLITS = ("train", "test")
@@ -186,8 +186,9 @@ def _check_one_size(root: Path, images: Results) -> None:
     if len(examples) > 1:
         sizes = [f"{h}x{w} (e.g. {display_path(root, path)})"
                  for (h, w), path in sorted(examples.items())]
-        raise DataError(f"{root}: images differ in size (H x W): {listing(sizes)}; pass an image "
-                        "size (--image-size) to resize them all to one square size")
+        raise MixedSizesError(f"{root}: images differ in size (H x W): {listing(sizes)}; pass "
+                              "an image size (--image-size) to resize them all to one square "
+                              "size")
 
 
 def _stack(classes: dict[str, list[str]], images: Results, channels: int) -> ImageSet:

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from hfsnet.data import DataError, DataSplits, load_dataset
+from hfsnet.data import DataSplits, MixedSizesError, load_dataset
 from hfsnet.errors import HfsnetError
 from hfsnet.fsutil import atomic_write_bytes
 from hfsnet.models import FeatureClassifier, create_model
@@ -51,8 +51,6 @@ from hfsnet.transfer.subsets import few_shot, parse_classes, select_classes
 
 FINETUNE_DIR = "finetune"  # the fine-tuned run, a run directory of its own inside --out
 CACHE_DIR = "feature-cache"  # the default feature cache root, inside --out
-# hfsnet.data.folder's message for a folder whose images differ in size (no subclass to catch).
-MIXED_SIZES = "images differ in size"
 
 Note = Callable[[str], None]
 
@@ -139,9 +137,7 @@ def load_target_data(spec: str, options: AdaptOptions, default_side: int | None,
         warnings.filterwarnings("ignore", message=".*only one class")
         try:
             data, load_side = load_dataset(spec, seed=seed), None
-        except DataError as err:
-            if MIXED_SIZES not in str(err):
-                raise
+        except MixedSizesError:
             load_side = options.image_size or default_side
             if load_side is None:
                 raise AdaptError(f"--data {spec}: images differ in size; pass --image-size N "
