@@ -64,7 +64,9 @@ def sample_per_class(images: ImageSet, count: int, seed: int) -> ImageSet:
 
 
 def few_shot(data: DataSplits, count: int, seed: int) -> DataSplits:
-    """``data`` with ``count`` training images per class (the test split untouched)."""
+    """``data`` with ``count`` training images per class (the test split untouched), its
+    mean/std recomputed from the kept images: call it before ``for_trunk``, which then puts
+    the trunk's own normalisation back."""
     train = sample_per_class(data.train, count, seed)
     mean, std = channel_stats(train.images)
     return DataSplits(data.name, train, data.test, data.val, mean, std,
