@@ -59,13 +59,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from hfsnet.data import DataSplits, load_dataset
+from hfsnet.data import DataSplits, load_dataset, to_rgb
 from hfsnet.models import create_model
 from hfsnet.models.level_head import install_head
 from hfsnet.train import resolve_config, train
 from hfsnet.transfer.finetune import FinetuneOptions, build_finetuner
 from hfsnet.transfer.fit import HeadOptions, cache_for, fit_cached_head, score_descriptors
-from hfsnet.transfer.source import Source, for_trunk, to_rgb
+from hfsnet.transfer.source import Source, for_trunk
 from hfsnet.transfer.subsets import few_shot
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from hfsnet.cli.common import (
     positive_int,
 )
 from hfsnet.cli.config_flags import add_config_flags, given_values
-from hfsnet.data import DataError, data_spec, load_dataset, normalize, read_image_file
+from hfsnet.data import DataError, data_spec, load_dataset, normalize, read_image_file, to_rgb
 from hfsnet.interop.tblog import LOG_KINDS
 from hfsnet.interop.training import prepare_run, train_config, train_with_log
 from hfsnet.interop.user_models import model_from_checkpoint
@@ -32,7 +32,6 @@ from hfsnet.train.evaluate import evaluate
 from hfsnet.train.rundir import RunDirError
 from hfsnet.train.runtime import resolve_device
 from hfsnet.train.tta import FlipAverage
-from hfsnet.transfer.source import to_rgb
 
 
 def layer_names(text: str) -> list[str]:

@@ -3,7 +3,7 @@
 from .augment import AugmentConfig
 from .decode import read_image_file
 from .errors import DataError, MixedSizesError
-from .imageset import DataSplits, ImageSet
+from .imageset import DataSplits, ImageSet, to_rgb
 from .load import data_spec, load_dataset
 from .loader import BatchLoader
 from .stats import normalize
@@ -19,4 +19,5 @@ __all__ = [
     "load_dataset",
     "normalize",
     "read_image_file",
+    "to_rgb",
 ]

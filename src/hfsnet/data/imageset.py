@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,3 +95,19 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
     if len(outside):
         raise DataError(f"{where}: label {labels[outside[0]]} at index {outside[0]} is out of "
                         f"range for {num_classes} classes")
+
+
+def replicate_channels(images: ImageSet, channels: int) -> ImageSet:
+    """Grayscale ``images`` with their one channel copied ``channels`` times."""
+    return ImageSet(images.images.expand(-1, channels, -1, -1), images.labels, images.classes)
+
+
+def to_rgb(data: DataSplits) -> DataSplits:
+    """``data`` with grayscale images replicated to 3 channels in every split (an RGB trunk
+    then sees gray as equal R, G and B), statistics replicated alike."""
+    if data.in_channels != 1:
+        return data
+    val = replicate_channels(data.val, 3) if data.val is not None else None
+    return dataclasses.replace(data, train=replicate_channels(data.train, 3),
+                               test=replicate_channels(data.test, 3), val=val,
+                               mean=data.mean * 3, std=data.std * 3)

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from hfsnet.data import DataSplits, MixedSizesError, load_dataset
+from hfsnet.data import DataSplits, MixedSizesError, load_dataset, to_rgb
 from hfsnet.errors import HfsnetError
 from hfsnet.fsutil import atomic_write_bytes
 from hfsnet.models import FeatureClassifier, create_model
@@ -46,7 +46,7 @@ from hfsnet.train.rundir import RunLock, check_unlocked, refuse_existing_run, re
 from hfsnet.train.runtime import seed_everything
 from hfsnet.transfer.finetune import FinetuneOptions, finetune
 from hfsnet.transfer.fit import HeadOptions, cache_for, fit_cached_head, score_descriptors
-from hfsnet.transfer.source import Source, for_trunk, to_rgb
+from hfsnet.transfer.source import Source, for_trunk
 from hfsnet.transfer.subsets import few_shot, parse_classes, select_classes
 
 FINETUNE_DIR = "finetune"  # the fine-tuned run, a run directory of its own inside --out

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hfsnet.data import DataError, DataSplits, ImageSet, load_dataset
+from hfsnet.data import DataError, DataSplits, load_dataset
 from hfsnet.models import FeatureClassifier
 from hfsnet.models.errors import ModelError
 from hfsnet.train.checkpoint import Checkpoint, load_checkpoint
@@ -90,22 +90,6 @@ def check_compatible(source: Source, data: DataSplits) -> None:
         raise DataError(
             f"--data: images are {'x'.join(map(str, found))} ({what}), the trunk "
             f"{source.origin} expects {'x'.join(map(str, wanted))}; resize the dataset to match")
-
-
-def replicate_channels(images: ImageSet, channels: int) -> ImageSet:
-    """Grayscale ``images`` with their one channel copied ``channels`` times."""
-    return ImageSet(images.images.expand(-1, channels, -1, -1), images.labels, images.classes)
-
-
-def to_rgb(data: DataSplits) -> DataSplits:
-    """``data`` with grayscale images replicated to 3 channels in every split (an RGB trunk
-    then sees gray as equal R, G and B), statistics replicated alike."""
-    if data.in_channels != 1:
-        return data
-    val = replicate_channels(data.val, 3) if data.val is not None else None
-    return dataclasses.replace(data, train=replicate_channels(data.train, 3),
-                               test=replicate_channels(data.test, 3), val=val,
-                               mean=data.mean * 3, std=data.std * 3)
 
 
 def for_trunk(source: Source, data: DataSplits) -> DataSplits:
