@@ -16,8 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,onnx,tensorboard,yaml,pretrained]'
 	touch $@
 
+# Each `make run` is a new run: --overwrite replaces the previous one in runs/main (train refuses
+# to start over a finished run without it).
 run: setup
-	$(BIN)/hfsnet train --recipe fast --data $(HFSNET_DATA) --out runs/main $(RUN_ARGS)
+	$(BIN)/hfsnet train --recipe fast --data $(HFSNET_DATA) --out runs/main --overwrite $(RUN_ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
