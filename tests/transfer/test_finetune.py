@@ -92,6 +92,26 @@ def test_train_bn_updates_only_norm_layers_while_frozen(source_run, new_data, tm
     assert all(torch.equal(after[k], before[k]) for k in conv)
 
 
+@pytest.mark.parametrize("norm_stats", ["frozen", "batch"])
+def test_norm_statistics_of_trained_stages_follow_norm_stats(source_run, new_data, tmp_path,
+                                                             norm_stats):
+    source = load_source(source_run)
+    before = trunk_state(source.model)
+    finetune(source, load_target(source, str(new_data)), config(epochs=1), tmp_path / "ft",
+             FinetuneOptions(norm_stats=norm_stats), progress=False)
+    after = trunk_state(load_checkpoint(tmp_path / "ft").build_model())
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    shifts = [k for k in before if k.endswith(".bias") and k.replace(".bias", ".running_mean")
+              in before]
+    conv = [k for k, v in before.items() if v.ndim == 4]
+    assert stats and shifts and conv
+    assert all(not torch.equal(after[k], before[k]) for k in conv + shifts)  # all of them train
+    kept = [torch.equal(after[k], before[k]) for k in stats]
+    assert all(kept) if norm_stats == "frozen" else not any(kept)
+    record = json.loads((tmp_path / "ft" / "finetune.json").read_text())
+    assert record["norm_stats"] == norm_stats
+
+
 def test_unfrozen_after_the_frozen_epochs(source_run, new_data, tmp_path):
     source = load_source(source_run)
     before = trunk_state(source.model)
