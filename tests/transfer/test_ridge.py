@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from hfsnet.transfer import ridge
 from hfsnet.transfer.errors import CacheError
-from hfsnet.transfer.ridge import fit_ridge, holdout_mask
+from hfsnet.transfer.ridge import accumulate, feature_scale, fit_ridge, holdout_mask, use_dual
 
 
 def problem(n=240, d=6, k=3, seed=0):
@@ -39,12 +40,13 @@ def test_single_alpha_matches_numpy_closed_form(alpha):
     assert fit.alpha == alpha and fit.holdout_acc == {}
 
 
-def test_grid_picks_the_best_holdout_alpha_then_refits_on_all_rows():
-    x, y = problem(n=300, d=12, seed=3)
+@pytest.mark.parametrize(("n", "d"), [(300, 12), (60, 150)])  # primal, dual
+def test_grid_picks_the_best_holdout_alpha_then_refits_on_all_rows(n, d):
+    x, y = problem(n=n, d=d, seed=3)
     alphas = [1e-3, 1e-1, 1e1, 1e3]
     fit = fit_ridge(x, y, 3, alphas=alphas, holdout=0.2, seed=5, chunk=64)
     held = holdout_mask(len(x), 0.2, 5)
-    assert held.sum() == 60
+    assert held.sum() == n // 5
     expected = {}
     for alpha in alphas:
         coef, intercept, mu, sd = numpy_ridge(x[~held], y[~held], 3, alpha)
@@ -108,3 +110,107 @@ def test_unknown_alpha_selection_is_refused():
     x, y = problem()
     with pytest.raises(CacheError, match="--alpha-select"):
         fit_ridge(x, y, 3, alpha_select="cv")
+
+
+def test_the_dual_is_used_exactly_when_there_are_no_more_rows_than_columns():
+    assert use_dual(1000, 12352) and use_dual(120, 120)
+    assert not use_dual(121, 120)
+
+
+def refuse(*_args, **_kwargs):
+    raise AssertionError("the other path was taken")
+
+
+@pytest.mark.parametrize("alpha_select", ["holdout", "loo"])
+def test_fit_ridge_takes_the_primal_path_for_tall_data_and_the_dual_for_wide(monkeypatch,
+                                                                            alpha_select):
+    tall, tall_labels = problem(n=240, d=6)
+    wide, wide_labels = problem(n=40, d=120)
+    alphas = [1e-2, 1.0]
+    with monkeypatch.context() as patch:
+        patch.setattr(ridge._DualSpectrum, "of", refuse)
+        fit_ridge(tall, tall_labels, 3, alphas=alphas, alpha_select=alpha_select)
+        with pytest.raises(AssertionError, match="other path"):
+            fit_ridge(wide, wide_labels, 3, alphas=alphas, alpha_select=alpha_select)
+    monkeypatch.setattr(ridge._Spectrum, "of", refuse)
+    monkeypatch.setattr(ridge, "solve", refuse)
+    fit_ridge(wide, wide_labels, 3, alphas=alphas, alpha_select=alpha_select)
+    with pytest.raises(AssertionError, match="other path"):
+        fit_ridge(tall, tall_labels, 3, alphas=alphas, alpha_select=alpha_select)
+
+
+def fit_through(monkeypatch, dual, *args, **kwargs):
+    """``fit_ridge`` forced onto the dual (``dual``) or the primal path."""
+    with monkeypatch.context() as patch:
+        patch.setattr(ridge, "use_dual", lambda n, d: dual)
+        return fit_ridge(*args, **kwargs)
+
+
+GRID = [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+@pytest.mark.parametrize(("alpha_select", "alphas"),
+                         [("holdout", GRID), ("loo", GRID), ("loo", [0.3])])
+def test_dual_and_primal_fits_agree(monkeypatch, alpha_select, alphas, standardize):
+    x, y = problem(n=40, d=120, seed=7)
+    options = {"alphas": alphas, "holdout": 0.25, "seed": 1, "chunk": 16,
+               "standardize": standardize, "alpha_select": alpha_select}
+    dual = fit_through(monkeypatch, True, x, y, 3, **options)
+    primal = fit_through(monkeypatch, False, x, y, 3, **options)
+    assert dual.alpha == primal.alpha
+    assert dual.lam == pytest.approx(primal.lam, rel=1e-10)
+    assert dual.temperature == primal.temperature
+    assert dual.holdout_acc == primal.holdout_acc
+    assert dual.loo_acc == primal.loo_acc
+    assert dual.loo_mse == pytest.approx(primal.loo_mse, rel=1e-8)
+    tolerance = 1e-8 * float(primal.weight.abs().max())
+    np.testing.assert_allclose(dual.weight.numpy(), primal.weight.numpy(), rtol=1e-7,
+                               atol=tolerance)
+    np.testing.assert_allclose(dual.bias.numpy(), primal.bias.numpy(), rtol=1e-7, atol=1e-9)
+    fresh, _ = problem(n=30, d=120, seed=8)
+    scores = [fresh.astype(np.float64) @ f.weight.numpy().T + f.bias.numpy()
+              for f in (dual, primal)]
+    np.testing.assert_allclose(*scores, rtol=1e-7, atol=1e-8)
+    if len(alphas) > 1:  # the grid's scores differ, so the chosen alpha is a real choice
+        grid = dual.holdout_acc or dual.loo_mse
+        assert len(set(grid.values())) > 1
+
+
+def test_dual_and_primal_loo_predictions_agree(monkeypatch):
+    x, y = problem(n=40, d=120, seed=9)
+    every, _ = accumulate(x, y, 3, np.zeros(len(x), dtype=bool))
+    scale = feature_scale(every)
+    predictions = []
+    for dual in (True, False):
+        monkeypatch.setattr(ridge, "use_dual", lambda n, d, dual=dual: dual)
+        predictions.append(ridge.loo_predictions(x, y, every, scale, GRID, chunk=16))
+    for alpha in GRID:
+        np.testing.assert_allclose(predictions[0][alpha].numpy(), predictions[1][alpha].numpy(),
+                                   rtol=1e-7, atol=1e-8)
+    # a wide ridge nearly interpolates its rows, so leaving one out must change its prediction
+    assert not np.allclose(predictions[0][1e-3].numpy(), np.eye(3)[y], atol=0.1)
+
+
+HAND = np.array([[1, 0, 2, 0, 1],
+                 [0, 1, 0, 3, 1],
+                 [2, 2, 1, 0, 0]], dtype=np.float32)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 2.0])
+def test_three_rows_of_five_columns_match_the_primal_normal_equations(alpha):
+    labels = np.array([0, 1, 1])
+    fit = fit_ridge(HAND, labels, 2, alphas=[alpha])
+    coef, intercept, mu, sd = numpy_ridge(HAND, labels, 2, alpha)
+    np.testing.assert_allclose(fit.weight.numpy(), (coef / sd[:, None]).T, rtol=1e-10,
+                               atol=1e-12)
+    np.testing.assert_allclose(fit.bias.numpy(), intercept - (mu / sd) @ coef, rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_three_rows_of_five_columns_are_interpolated_as_alpha_vanishes():
+    labels = np.array([0, 1, 1])
+    fit = fit_ridge(HAND, labels, 2, alphas=[1e-9], standardize=False)
+    scores = HAND.astype(np.float64) @ fit.weight.numpy().T + fit.bias.numpy()
+    np.testing.assert_allclose(scores, np.eye(2)[labels], atol=1e-7)
+    assert fit.lam == pytest.approx(1e-9 * ((HAND - HAND.mean(0)) ** 2).sum() / 5)

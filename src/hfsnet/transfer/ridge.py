@@ -15,6 +15,12 @@ y_i - (y_i - y_hat_i) / (1 - h_ii). One eigendecomposition of the Gram matrix gi
 and the fitted values for every alpha in one more pass over the rows; the alpha with the best LOO
 accuracy wins (ties: the lower LOO squared error, then the stronger alpha).
 
+With no more rows than columns (:func:`use_dual`) every solve runs in the dual: the n x n kernel
+K = Z Z^T of the scaled, centred rows has the Gram matrix's nonzero eigenvalues, and
+(Z^T Z + lam I)^-1 Z^T = Z^T (K + lam I)^-1, so the weights are Z^T (K + lam I)^-1 Y and H's
+diagonal is 1/n + diag(K (K + lam I)^-1): the same fit, scores and chosen alpha, from an n x n
+eigendecomposition instead of a d x d one. The moments are accumulated either way, for ``--add``.
+
 Regression scores of one-hot targets sit around 0..1, far too flat for a softmax, so the fit also
 carries a temperature: the factor on the scores that minimises cross-entropy on the held-out rows
 (on the LOO predictions with ``loo``; on the training rows when there is nothing to choose). It
@@ -109,42 +115,179 @@ def temperature(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return TEMPERATURES[int(np.argmin(losses))]
 
 
+def use_dual(n: int, d: int) -> bool:
+    """Whether a fit on ``n`` rows of ``d`` columns is solved in the dual (n x n kernel).
+
+    From n <= d on, the centred Gram matrix (rank at most n - 1) is mostly null space: its d x d
+    eigendecomposition costs ~d^3 against ~n^3 + n^2 d for the kernel's, and the n x d rows the
+    dual holds in memory take no more room than the d x d Gram matrix the moments hold anyway.
+    At n = d the two cost about the same, so the boundary needs no tuning.
+    """
+    return n <= d
+
+
 @dataclass
 class _Spectrum:
-    """The eigendecomposition of a fit's scaled, centred Gram matrix, and what every alpha's
-    solution shares."""
+    """The eigendecomposition of a fit's scaled, centred Gram matrix (the primal, d x d), and
+    what every alpha's solution shares."""
 
     eigvals: torch.Tensor
     basis: torch.Tensor
     projected: torch.Tensor  # basis^T @ cross, d x k
     mean: torch.Tensor  # the fit rows' mean, raw units
     ybar: torch.Tensor
+    scale: torch.Tensor
     trace: float
+    n: int
 
     @classmethod
     def of(cls, moments: Moments, scale: torch.Tensor) -> _Spectrum:
         gram, cross = moments.centered(scale)
         eigvals, basis = torch.linalg.eigh(gram)
         return cls(eigvals, basis, basis.T @ cross, moments.mean(), moments.target_mean(),
-                   float(torch.trace(gram)))
+                   scale, float(torch.trace(gram)), moments.n)
 
     def lam(self, alpha: float) -> float:
         return alpha * self.trace / len(self.eigvals)
 
+    def coordinates(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw rows in the eigenbasis, for :func:`_predict`."""
+        return ((x - self.mean) / self.scale) @ self.basis
 
-def _holdout_scores(rows: Rows, mask: np.ndarray, fit: Moments, scale: torch.Tensor,
-                    alphas: Sequence[float], chunk: int) -> dict[float, torch.Tensor]:
-    """Scores of the held-out rows under the ridge fit on ``fit``, for every alpha, via one
-    eigendecomposition of the fit rows' Gram matrix: each alpha then costs one k-column product
-    per row."""
-    spectrum = _Spectrum.of(fit, scale)
+    def loo(self, rows: Rows, labels: np.ndarray, alphas: Sequence[float],
+            chunk: int) -> dict[float, torch.Tensor]:
+        """LOO predictions of the fit rows (all of ``rows``), one pass over them:
+        h_ii = 1/n + sum_j u_ij^2 / (e_j + lam), u_i the centred row in the eigenbasis."""
+        out: dict[float, list[torch.Tensor]] = {alpha: [] for alpha in alphas}
+        for start in chunks(len(rows), chunk):
+            u = self.coordinates(rows[start : start + chunk])
+            y = one_hot(labels[start : start + chunk], self.projected.shape[1])
+            for alpha in alphas:
+                inverse = 1 / (self.eigvals + self.lam(alpha))
+                leverage = (u * u) @ inverse + 1 / self.n
+                out[alpha].append(_left_out(y, _predict(self, u, alpha), leverage))
+        return {alpha: torch.cat(parts) for alpha, parts in out.items()}
+
+
+@dataclass
+class _DualSpectrum:
+    """The eigendecomposition of a fit's kernel K = Z Z^T (the dual, n x n; Z the fit rows,
+    scaled and centred at their mean) and what every alpha's solution shares. The strength is
+    the primal's, alpha * trace(K) / d (trace(K) = trace(Z^T Z))."""
+
+    eigvals: torch.Tensor
+    basis: torch.Tensor  # Q, n x n
+    projected: torch.Tensor  # Q^T (Y - ybar), n x k
+    centred: torch.Tensor  # Z, n x d
+    targets: torch.Tensor  # Y, n x k
+    mean: torch.Tensor
+    ybar: torch.Tensor
+    scale: torch.Tensor
+    trace: float
+
+    @classmethod
+    def of(cls, x: torch.Tensor, targets: torch.Tensor, moments: Moments,
+           scale: torch.Tensor) -> _DualSpectrum:
+        """From the fit rows ``x`` (raw, n x d), their one-hot ``targets`` and ``moments``; the
+        means are the moments', as the primal's and the bias's are."""
+        mean, ybar = moments.mean(), moments.target_mean()
+        centred = (x - mean) / scale
+        kernel = centred @ centred.T
+        eigvals, basis = torch.linalg.eigh(kernel)
+        # K is positive semi-definite: a rounding-negative eigenvalue would give the null space
+        # (at least the constant vector, as the rows are centred) a leverage below zero
+        eigvals = eigvals.clamp(min=0)
+        return cls(eigvals, basis, basis.T @ (targets - ybar), centred, targets, mean, ybar,
+                   scale, float(torch.trace(kernel)))
+
+    def lam(self, alpha: float) -> float:
+        return alpha * self.trace / self.centred.shape[1]
+
+    def coordinates(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw rows as z Z^T Q (their kernel with the fit rows, in K's eigenbasis), so that
+        :func:`_predict` gives z Z^T (K + lam I)^-1 Y_c, the primal's
+        z (Z^T Z + lam I)^-1 Z^T Y_c."""
+        return ((x - self.mean) / self.scale) @ self.centred.T @ self.basis
+
+    def solution(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(weight k x d, bias, lambda) for raw descriptors, as :func:`solve` returns them:
+        the scaled coefficients are Z^T (K + lam I)^-1 Y_c."""
+        lam = self.lam(alpha)
+        dual = self.basis @ (self.projected / (self.eigvals + lam)[:, None])
+        weight = ((self.centred.T @ dual) / self.scale[:, None]).T
+        return weight, self.ybar - weight @ self.mean, lam
+
+    def loo(self, alphas: Sequence[float]) -> dict[float, torch.Tensor]:
+        """LOO predictions of the fit rows: the fitted values are ybar + Q S (S + lam)^-1 Q^T
+        Y_c and h_ii = 1/n + sum_j q_ij^2 s_j / (s_j + lam), H = 11^T/n + K (K + lam I)^-1."""
+        out = {}
+        for alpha in alphas:
+            shrink = self.eigvals / (self.eigvals + self.lam(alpha))
+            fitted = self.basis @ (shrink[:, None] * self.projected) + self.ybar
+            leverage = (self.basis * self.basis) @ shrink + 1 / len(self.basis)
+            out[alpha] = _left_out(self.targets, fitted, leverage)
+        return out
+
+
+def _predict(spectrum: _Spectrum | _DualSpectrum, coordinates: torch.Tensor,
+             alpha: float) -> torch.Tensor:
+    """Scores of rows given as ``spectrum.coordinates`` under its fit with strength ``alpha``."""
+    inverse = 1 / (spectrum.eigvals + spectrum.lam(alpha))
+    return (coordinates * inverse) @ spectrum.projected + spectrum.ybar
+
+
+def _left_out(y: torch.Tensor, fitted: torch.Tensor, leverage: torch.Tensor) -> torch.Tensor:
+    """A linear smoother's prediction of each row by the fit without it."""
+    return y - (y - fitted) / (1 - leverage).clamp(min=1e-12)[:, None]
+
+
+@dataclass
+class _Problem:
+    """The rows of one fit, with their labels and column scale, and whether it is solved in the
+    dual (:func:`use_dual`)."""
+
+    rows: Rows
+    labels: np.ndarray
+    k: int
+    scale: torch.Tensor
+    chunk: int
+    dual: bool
+
+    def spectrum(self, moments: Moments, which: np.ndarray) -> _Spectrum | _DualSpectrum:
+        """The spectrum of the fit on the rows ``which``, whose moments are ``moments``."""
+        if not self.dual:
+            return _Spectrum.of(moments, self.scale)
+        x = torch.cat([self.rows[which[start : start + self.chunk]]
+                       for start in chunks(len(which), self.chunk)])
+        return _DualSpectrum.of(x, one_hot(self.labels[which], self.k), moments, self.scale)
+
+    def solve(self, every: Moments, alpha: float,
+              spectrum: _Spectrum | _DualSpectrum | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """:func:`solve` on every row, in the dual from ``spectrum`` (of every row) if given."""
+        if not self.dual:
+            return solve(every, alpha, self.scale)
+        if not isinstance(spectrum, _DualSpectrum):
+            spectrum = self.spectrum(every, np.arange(len(self.rows)))
+        return spectrum.solution(alpha)
+
+    def loo(self, spectrum: _Spectrum | _DualSpectrum,
+            alphas: Sequence[float]) -> dict[float, torch.Tensor]:
+        if isinstance(spectrum, _DualSpectrum):
+            return spectrum.loo(alphas)
+        return spectrum.loo(self.rows, self.labels, alphas, self.chunk)
+
+
+def _holdout_scores(problem: _Problem, mask: np.ndarray, spectrum: _Spectrum | _DualSpectrum,
+                    alphas: Sequence[float]) -> dict[float, torch.Tensor]:
+    """Scores of the held-out rows under the ridge fit ``spectrum`` (of the other rows), for
+    every alpha: each alpha costs one k-column product per row."""
     scores: dict[float, list[torch.Tensor]] = {alpha: [] for alpha in alphas}
     held = np.flatnonzero(mask)
-    for start in chunks(len(held), chunk):
-        z = ((rows[held[start : start + chunk]] - spectrum.mean) / scale) @ spectrum.basis
+    for start in chunks(len(held), problem.chunk):
+        z = spectrum.coordinates(problem.rows[held[start : start + problem.chunk]])
         for alpha in alphas:
-            inverse = 1 / (spectrum.eigvals + spectrum.lam(alpha))
-            scores[alpha].append((z * inverse) @ spectrum.projected + spectrum.ybar)
+            scores[alpha].append(_predict(spectrum, z, alpha))
     return {alpha: torch.cat(parts) for alpha, parts in scores.items()}
 
 
@@ -153,21 +296,11 @@ def loo_predictions(features: np.ndarray | Rows, labels: np.ndarray, every: Mome
                     chunk: int = CHUNK) -> dict[float, torch.Tensor]:
     """For every alpha, the N x k predictions of each row by the ridge fit on all the other
     rows (``every``: the moments of all rows; ``scale``: the column scale, fixed), exactly, from
-    H's diagonal: h_ii = 1/n + sum_j u_ij^2 / (e_j + lam), u_i the centred row in the Gram
-    matrix's eigenbasis, e its eigenvalues."""
+    H's diagonal, in the primal or the dual as :func:`use_dual` says."""
     rows = as_rows(features)
-    spectrum = _Spectrum.of(every, scale)
-    k = every.sxy.shape[1]
-    out: dict[float, list[torch.Tensor]] = {alpha: [] for alpha in alphas}
-    for start in chunks(len(rows), chunk):
-        u = ((rows[start : start + chunk] - spectrum.mean) / scale) @ spectrum.basis
-        y = one_hot(labels[start : start + chunk], k)
-        for alpha in alphas:
-            inverse = 1 / (spectrum.eigvals + spectrum.lam(alpha))
-            fitted = (u * inverse) @ spectrum.projected + spectrum.ybar
-            leverage = (u * u) @ inverse + 1 / every.n
-            out[alpha].append(y - (y - fitted) / (1 - leverage).clamp(min=1e-12)[:, None])
-    return {alpha: torch.cat(parts) for alpha, parts in out.items()}
+    problem = _Problem(rows, np.asarray(labels), every.sxy.shape[1], scale, chunk,
+                       use_dual(len(rows), rows.width))
+    return problem.loo(problem.spectrum(every, np.arange(len(rows))), alphas)
 
 
 def _scores(rows: Rows, weight: torch.Tensor, bias: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -182,7 +315,8 @@ def fit_ridge(features: np.ndarray | Rows, labels: np.ndarray, num_classes: int,
     or :class:`~hfsnet.transfer.stats.Rows` reading them through a transform).
 
     With one alpha there is nothing to choose and every row is used directly; otherwise the alpha
-    chosen by ``alpha_select`` (see the module docstring) is refitted on all rows.
+    chosen by ``alpha_select`` (see the module docstring) is refitted on all rows. The fit runs in
+    the primal or, with no more rows than columns, the dual (:func:`use_dual`).
     """
     with single_thread():
         return _fit(as_rows(features), np.asarray(labels), num_classes, alphas, holdout, seed,
@@ -204,25 +338,28 @@ def _fit(rows: Rows, labels: np.ndarray, num_classes: int, alphas: Sequence[floa
     kept, held = accumulate(rows, labels, num_classes, mask, chunk)
     every = kept.merged(held)
     scale = feature_scale(every, standardize)
+    problem = _Problem(rows, labels, num_classes, scale, chunk, use_dual(n, rows.width))
     truth = torch.from_numpy(labels)
     if len(alphas) == 1:
-        weight, bias, lam = solve(every, alphas[0], scale)
+        weight, bias, lam = problem.solve(every, alphas[0])
         calibration = temperature(_scores(rows, weight, bias, chunk), truth)
         return RidgeFit(weight, bias, alphas[0], lam, calibration, moments=every, scale=scale)
     if by_holdout:
-        scores = _holdout_scores(rows, mask, kept, scale, alphas, chunk)
+        spectrum = problem.spectrum(kept, np.flatnonzero(~mask))
+        scores = _holdout_scores(problem, mask, spectrum, alphas)
         truth = truth[torch.from_numpy(mask)]
         accuracy = {a: _accuracy(s, truth) for a, s in scores.items()}
         alpha = max(alphas, key=lambda a: (accuracy[a], a))
-        weight, bias, lam = solve(every, alpha, scale)
+        weight, bias, lam = problem.solve(every, alpha)
         return RidgeFit(weight, bias, alpha, lam, temperature(scores[alpha], truth), accuracy,
                         moments=every, scale=scale)
-    scores = loo_predictions(rows, labels, every, scale, alphas, chunk)
+    spectrum = problem.spectrum(every, np.arange(n))
+    scores = problem.loo(spectrum, alphas)
     target = one_hot(labels, num_classes)
     accuracy = {a: _accuracy(s, truth) for a, s in scores.items()}
     error = {a: float(((s - target) ** 2).sum(1).mean()) for a, s in scores.items()}
     alpha = max(alphas, key=lambda a: (accuracy[a], -error[a], a))
-    weight, bias, lam = solve(every, alpha, scale)
+    weight, bias, lam = problem.solve(every, alpha, spectrum)
     return RidgeFit(weight, bias, alpha, lam, temperature(scores[alpha], truth),
                     loo_acc=accuracy, loo_mse=error, moments=every, scale=scale)
 
