@@ -288,7 +288,9 @@ class SharedClassifier(FeatureClassifier):
     def _hook_for(self, name: str, taps: dict[str, torch.Tensor]) -> Hook:
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
             taps[name] = output.clone() if name in self._copy else output
-            if name == self._stop_at:
+            # torch.export cannot trace a forward left through an exception: while exporting,
+            # the backbone runs to its end and the unused rest is dropped from the graph.
+            if name == self._stop_at and not torch.compiler.is_exporting():
                 raise _StopForward
         return hook
 
