@@ -20,6 +20,9 @@ split always. Methods (a cell is task x regime x method x seed):
     ft-1rate         fine-tuning, one learning rate for trunk and head (fresh head)
     ft-2rate         fine-tuning, trunk at 0.2x the head's rate (fresh head)
     ft-2rate-ridge   the ridge-all head fitted and installed first, then ft-2rate from it
+    ft-*-batch       the same fine-tune with ``--norm-stats batch`` (batch norms normalise by
+                     each batch and update their statistics; the fine-tunes above keep the
+                     trunk's ImageNet statistics, hfsnet's default)
     scratch          hfs-air-s trained from scratch with the ``fast`` recipe
 
 One feature cache per task (all levels, 2x2 pooled, train + test at the task's side) serves
@@ -68,6 +71,9 @@ from hfsnet.transfer.fit import HeadOptions, cache_for, fit_cached_head, score_d
 from hfsnet.transfer.source import Source, for_trunk
 from hfsnet.transfer.subsets import few_shot
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from time_to_accuracy import cpu_model  # benchmarks/ is not a package
+
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared/datasets"
 MODEL = "efficientnet-lite0"
@@ -93,8 +99,9 @@ HEADS: dict[str, tuple[dict[str, Any], str, str]] = {
 }
 LEVELS = 8  # EfficientNet-Lite0, taps=stages
 FINETUNES = ("ft-2rate", "ft-1rate", "ft-2rate-ridge")
+BATCH_STATS = "-batch"  # suffix of a fine-tune method run with --norm-stats batch
 GROUPS = {"heads": ["logreg-last", *HEADS], "levels": [f"level-{n}" for n in range(1, 9)],
-          "ft": list(FINETUNES)}
+          "ft": list(FINETUNES), "ft-batch": [m + BATCH_STATS for m in FINETUNES]}
 SGD_EPOCHS = {"100": 30, "all": 10}  # all: 10 passes over 24,300-60,000 rows
 FT_EPOCHS = 5
 HEAD_LR = 2e-3
@@ -353,10 +360,14 @@ def ft_config(task: str, seed: int, epochs: int) -> Any:
 def finetune_cell(task: str, method: str, regime: str, seed: int, data: DataSplits,
                   cache: TaskCache | None, out: Path) -> dict[str, Any]:
     """Fine-tuning from the pretrained trunk; ``ft-2rate-ridge`` installs the ridge-all head
-    (fitted on the cache of the same rows) first and keeps it."""
+    (fitted on the cache of the same rows) first and keeps it; a ``-batch`` method trains the
+    batch norms' statistics."""
     target = few_shot(data, PER_CLASS, seed) if regime != "all" else data
+    norm_stats = "batch" if method.endswith(BATCH_STATS) else "frozen"
+    method = method.removesuffix(BATCH_STATS)
     one_rate = method == "ft-1rate"
-    options = FinetuneOptions(head_lr=HEAD_LR, trunk_lr=HEAD_LR if one_rate else None)
+    options = FinetuneOptions(head_lr=HEAD_LR, trunk_lr=HEAD_LR if one_rate else None,
+                              norm_stats=norm_stats)
     extra: dict[str, Any] = {}
 
     def run() -> Any:
@@ -382,6 +393,7 @@ def finetune_cell(task: str, method: str, regime: str, seed: int, data: DataSpli
     return {"test_acc": result.test_acc, "seconds": seconds, "epochs": FT_EPOCHS,
             "epoch_seconds": [row["seconds"] for row in result.history],
             "head_lr": record["head_lr"], "trunk_lr": record["trunk_lr"],
+            "norm_stats": record["norm_stats"],
             "head": record.get("head"), **extra}
 
 
@@ -464,8 +476,8 @@ def run_cell(state: TaskState, regime: str, method: str, seed: int) -> dict[str,
         return logreg_cell(regime, seed, state.cache)
     if method in HEADS or method.startswith("level-"):
         return head_cell(method, regime, seed, state.cache)
-    if method in FINETUNES:
-        cache = state.cache if method == "ft-2rate-ridge" else None
+    if method.removesuffix(BATCH_STATS) in FINETUNES:
+        cache = state.cache if method.startswith("ft-2rate-ridge") else None
         return finetune_cell(state.task, method, regime, seed, state.data, cache, out)
     if method == "scratch":
         return scratch_cell(state.task, regime, seed, state.data, out)
@@ -486,6 +498,7 @@ def run_grid(args: argparse.Namespace, log: Path) -> None:
                             **run_cell(state, regime, method, seed),
                             "load_before": before, "load_after": load_average(),
                             "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+                            "cpu": cpu_model(),
                             "torch_threads": torch.get_num_threads()}
                     print(json.dumps(cell), file=sys.stderr, flush=True)
                     with log.open("a") as file:

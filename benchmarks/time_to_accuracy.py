@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/time_to_accuracy.py [--presets airbench94,fast,fast-long]
         [--peer airbench94] [--seeds 0,1,2,3,4] [--epochs N] [--threads N]
-        [--device auto|cpu|cuda] [--data PATH] [--append]
+        [--device auto|cpu|cuda] [--data PATH] [--append] [--train-args "--precision fp32"]
 
 Every (preset, seed) is one ``hfsnet train --recipe PRESET --seed SEED`` process (the decode
 cache is filled first, so no run pays for JPEG decoding), with the test set evaluated after
@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -74,6 +75,16 @@ def acc_at(curve: Curve, seconds: float) -> float | None:
     return done[-1] if done else None
 
 
+def cpu_model() -> str:
+    """The CPU's model name: the same 2-core machine kind has been an AMD EPYC and an Intel
+    Xeon, and bf16 pays on one and not the other (docs/performance.md)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() \
+            else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def run_once(preset: str, seed: int, args: argparse.Namespace) -> dict[str, object]:
     """One timed training process; returns its row of the table."""
     out = RUNS / f"{preset}-seed{seed}"
@@ -85,6 +96,7 @@ def run_once(preset: str, seed: int, args: argparse.Namespace) -> dict[str, obje
                "--device", args.device, "--json", "--quiet"]
     if args.epochs:
         command += ["--epochs", str(args.epochs)]
+    command += shlex.split(args.train_args)
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -96,7 +108,8 @@ def run_once(preset: str, seed: int, args: argparse.Namespace) -> dict[str, obje
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     curve = read_curve(out)
-    return {"preset": preset, "seed": seed, "epochs": result["epochs"], "wall_seconds": wall,
+    return {"preset": preset, "seed": seed, "train_args": args.train_args,
+            "epochs": result["epochs"], "wall_seconds": wall,
             "train_seconds": result["train_seconds"], "test_acc": result["test_acc"],
             "images_per_second": result["images_per_second"], "load_before": load,
             "curve": curve, **{key(t): time_to(curve, t) for t in THRESHOLDS}}
@@ -197,6 +210,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the training processes")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--train-args", default="",
+                        help="more `hfsnet train` flags for every run, e.g. '--precision fp32'")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--append", action="store_true",
                         help="keep the rows already in --results (a rerun replaces its own)")
@@ -214,7 +229,7 @@ def main() -> None:
     print_table(rows, summary, versus, args.peer)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps({
-        "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+        "machine": cpu_model(), "cpus": os.cpu_count(),
         "threads": args.threads, "device": args.device, "data": args.data,
         "timing": "cumulative training seconds to each epoch's test accuracy (evaluation "
                   "excluded); wall_seconds: the whole process",
