@@ -195,9 +195,11 @@ def op_kind(name: str) -> str:
     return next((kind for key, kind in OP_KINDS if key in name), "other")
 
 
-def profile_recipe(recipe: str, data: DataSplits, steps: int) -> dict[str, object]:
-    """Seconds per training step by kind of operator, and batch preparation timed apart."""
-    config = resolve_config(recipe, data="given", epochs=1)
+def profile_recipe(recipe: str, data: DataSplits, steps: int,
+                   precision: str | None = None) -> dict[str, object]:
+    """Seconds per training step by kind of operator, and batch preparation timed apart;
+    ``precision`` overrides the recipe's."""
+    config = resolve_config(recipe, data="given", epochs=1, precision=precision)
     data = dataclasses.replace(data, test=data.test.subset(torch.arange(100)))
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(config, Path(out), data, build_model(config, data), progress=False)
@@ -222,14 +224,16 @@ def profile_recipe(recipe: str, data: DataSplits, steps: int) -> dict[str, objec
     largest_other = dict(sorted(other.items(), key=lambda kv: -kv[1])[:4])
     model = create_model(config.model, image_size=data.image_size[0])
     macs = summarize_model(model, (data.in_channels, *data.image_size)).totals.macs
-    return {"recipe": recipe, "batch_size": config.batch_size, "step_seconds": step,
+    return {"recipe": recipe, "precision": config.precision, "load_average": os.getloadavg(),
+            "batch_size": config.batch_size, "step_seconds": step,
             "prepare_seconds": prepare, "by_kind": dict(kinds), "largest_other": largest_other,
             "macs_per_image": macs,
             "train_flop_per_second": 3 * 2 * macs * config.batch_size / step}
 
 
 def print_profile(p: dict[str, object]) -> None:
-    print(f"{p['recipe']}: batch {p['batch_size']}, {p['step_seconds']:.3f} s per step "
+    print(f"{p['recipe']} ({p['precision']}): batch {p['batch_size']}, "
+          f"{p['step_seconds']:.3f} s per step "
           f"(profiled), batch preparation {p['prepare_seconds']:.3f} s; "
           f"{p['macs_per_image'] / 1e6:.1f} MMACs/image forward, "
           f"{p['train_flop_per_second'] / 1e9:.0f} GFLOP/s achieved (3x forward FLOPs)")
@@ -248,13 +252,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved pairs per row")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument("--profile", metavar="RECIPE", help="profile RECIPE's training step")
+    parser.add_argument("--precision", choices=("fp32", "bf16"),
+                        help="with --profile: override the recipe's precision")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.profile:
-        profile = profile_recipe(args.profile, load_dataset(args.data), args.steps)
+        profile = profile_recipe(args.profile, load_dataset(args.data), args.steps,
+                                 args.precision)
         print_profile(profile)
-        path = RESULTS.with_name(f"profile-{args.profile}.json")
+        suffix = f"-{args.precision}" if args.precision else ""
+        path = RESULTS.with_name(f"profile-{args.profile}{suffix}.json")
         path.write_text(json.dumps(profile, indent=2) + "\n")
         print(f"wrote {path}")
         return

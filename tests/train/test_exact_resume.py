@@ -13,13 +13,15 @@ from tests.helpers import tiny_hfs_options
 def default_hfs(data):
     return resolve_config(model="hfs", data=str(data), epochs=2, batch_size=16, lr=3e-3,
                           model_options=tiny_hfs_options(), crop_padding=2, cutout=4,
-                          checkpoint_every=1, keep_last=100, deterministic=True)
+                          checkpoint_every=1, keep_last=100, deterministic=True,
+                          precision="bf16")
 
 
 def fast_air(data):
     return resolve_config("fast", data=str(data), epochs=2, batch_size=16, eval_batch_size=10,
                           lr=0.2, model_options={"widths": [4, 8, 8]}, lookahead_every=2,
-                          checkpoint_every=1, keep_last=100, deterministic=True)
+                          checkpoint_every=1, keep_last=100, deterministic=True,
+                          precision="bf16")
 
 
 def assert_identical(full, resumed):
@@ -41,7 +43,7 @@ def assert_identical(full, resumed):
 def test_default_layout_resume_is_bit_identical(tiny_folder, full_and_resumed, make_config,
                                                 where):
     config = make_config(tiny_folder)
-    assert config.channels_last and config.precision == "bf16"  # the defaults under test
+    assert config.channels_last and config.precision == "bf16"  # the fast layout under test
     steps_per_epoch = 4  # 72 images, batch 16, last partial batch dropped
     at = steps_per_epoch // 2 if where == "mid-epoch" else steps_per_epoch
     full, resumed = full_and_resumed(config, at=at)

@@ -81,7 +81,7 @@ def test_fast_recipes():
         ("hfs-air-s", "sgd", 1024, 1.5, "onecycle")
     assert (fast.label_smoothing, fast.crop_padding, fast.flip, fast.tta_flip) == \
         (0.2, 2, True, True)
-    assert (fast.precision, fast.channels_last, fast.track_test) == ("bf16", True, False)
+    assert (fast.precision, fast.channels_last, fast.track_test) == ("auto", True, False)
     long = resolve_config("fast-long", data="x")
     assert (long.model, long.tta_translate, fast.tta_translate) == ("hfs-air-m", True, False)
     assert long.epochs > fast.epochs

@@ -36,6 +36,7 @@ from hfsnet.train.checkpoint import CheckpointError, load_checkpoint
 from hfsnet.train.config import RECIPES
 from hfsnet.train.evaluate import evaluate
 from hfsnet.train.run import load_data
+from hfsnet.train.runtime import resolve_device, resolve_precision
 
 # Keys with their own flags: setting them through --set would make runs disagree with names.
 _RESERVED_KEYS = ("model", "model_options", "data", "seed", "recipe", "epochs")
@@ -232,10 +233,11 @@ def measure_model(config: TrainConfig, data: DataSplits, cache: Path, *,
     options = {"image_size": data.image_size[0], **config.model_options}
     model = create_model(config.model, num_classes=data.num_classes,
                          in_channels=data.in_channels, **options)
-    summary = summarize(model, shape, batch_size=config.batch_size, precision=config.precision)
+    precision = resolve_precision(config.precision, resolve_device(config.device))
+    summary = summarize(model, shape, batch_size=config.batch_size, precision=precision)
     spec = StepSpec(
         model=config.model, model_options=options, num_classes=data.num_classes,
-        input_shape=shape, batch_size=config.batch_size, precision=config.precision,
+        input_shape=shape, batch_size=config.batch_size, precision=precision,
         optimizer=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
         momentum=config.momentum, channels_last=config.channels_last, device=config.device)
     return {"totals": summary.totals.to_dict(), "peak_memory": _peak_memory(spec, cache, log=log)}
@@ -243,11 +245,13 @@ def measure_model(config: TrainConfig, data: DataSplits, cache: Path, *,
 
 def confusion_on_test(config: TrainConfig, run_dir: Path, data: DataSplits) -> list[list[int]]:
     """Confusion matrix of the run's final model on the test split (rows: true class)."""
-    model = load_checkpoint(run_dir).build_model()
+    ckpt = load_checkpoint(run_dir)
+    model = ckpt.build_model()
     device = next(model.parameters()).device
     result = evaluate(model, data.test, mean=data.mean, std=data.std,
                       batch_size=config.eval_batch_size, device=device,
-                      precision=config.precision, channels_last=config.channels_last)
+                      precision=ckpt.meta["config"]["precision"],  # the one that trained
+                      channels_last=config.channels_last)
     return result.confusion
 
 

@@ -16,7 +16,7 @@ from hfsnet.analysis.summary_table import render_summary
 from hfsnet.cli.common import add_common, emit, parse_option, positive_int
 from hfsnet.data import data_spec
 from hfsnet.models import create_model
-from hfsnet.train.config import DEVICES, OPTIMIZERS, PRECISIONS, RECIPES
+from hfsnet.train.config import CONCRETE_PRECISIONS, DEVICES, OPTIMIZERS, RECIPES
 
 SCREENSHOT = "report.png"
 
@@ -100,7 +100,7 @@ def _summary_parser(sub: Any) -> None:
     p.add_argument("--input", default="3x32x32", help="input shape CxHxW (default 3x32x32)")
     p.add_argument("--batch-size", type=positive_int, default=32,
                    help="batch for activation and peak memory (default 32)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    p.add_argument("--precision", choices=CONCRETE_PRECISIONS, default="fp32",
                    help="bf16: activations and the measured step under bf16 autocast")
     p.add_argument("--num-classes", type=positive_int, default=10)
     p.add_argument("--model-opt", action="append", type=parse_option, metavar="KEY=VALUE",

@@ -30,7 +30,7 @@ from hfsnet.train.config import DEVICES, PRECISIONS, RECIPES, TrainConfig
 from hfsnet.train.distributed import launch_torchrun
 from hfsnet.train.evaluate import evaluate
 from hfsnet.train.rundir import RunDirError
-from hfsnet.train.runtime import resolve_device
+from hfsnet.train.runtime import resolve_device, resolve_precision
 from hfsnet.train.tta import FlipAverage
 
 
@@ -103,9 +103,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         f"checkpoint expects {meta['in_channels']}x{meta['image_size']}")
     device = resolve_device(args.device)
     trained = meta.get("config", {})
-    # By default inference runs the way the model trained: bf16 and channels-last memory for
-    # the fast recipes (3-4x the fp32 NCHW speed on an AVX-512 BF16 CPU).
-    precision = args.precision or trained.get("precision", "fp32")
+    # By default inference runs the way the model trained: the precision that ran (the fast
+    # recipes': bf16 where it was faster) and channels-last memory.
+    precision = resolve_precision(args.precision or trained.get("precision", "fp32"), device)
     channels_last = bool(trained.get("channels_last", False))
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     if args.tta_flip or args.tta_translate:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -69,6 +70,16 @@ def init_distributed(device_kind: str) -> DistContext:
     if device_kind == "cuda":
         torch.cuda.set_device(local_rank)
     return DistContext(rank, world_size, local_rank)
+
+
+def agree(value: Any, context: DistContext) -> Any:
+    """Rank 0's ``value`` on every rank (unchanged in one process): for choices a rank measures,
+    such as ``--precision auto``, which must not differ between ranks."""
+    if not context.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def close_distributed() -> None:

@@ -3,6 +3,7 @@ run (model, data, seeding, fresh or resumed) is ``hfsnet.train.run``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import time
@@ -28,7 +29,7 @@ from hfsnet.train.checkpoint import (
     data_meta,
 )
 from hfsnet.train.config import ConfigError, TrainConfig
-from hfsnet.train.distributed import convert_sync_batchnorm, init_distributed
+from hfsnet.train.distributed import agree, convert_sync_batchnorm, init_distributed
 from hfsnet.train.ema import Lookahead, WeightAverage
 from hfsnet.train.evaluate import EvalResult, evaluate
 from hfsnet.train.optim import ParamGroup, optimizer_for, set_lr_factor
@@ -44,7 +45,13 @@ from hfsnet.train.rundir import (
     run_files,
     write_run_id,
 )
-from hfsnet.train.runtime import autocast, resolve_device, rng_state, set_rng_state
+from hfsnet.train.runtime import (
+    autocast,
+    resolve_device,
+    resolve_precision,
+    rng_state,
+    set_rng_state,
+)
 from hfsnet.train.schedule import lr_factor
 from hfsnet.train.signals import GracefulStop
 from hfsnet.train.steps import PendingSteps, StepOutcome, StepValues
@@ -139,13 +146,15 @@ class Trainer:
     def __init__(self, config: TrainConfig, out_dir: Path, data: DataSplits,
                  model: FeatureClassifier, *, groups: list[ParamGroup] | None = None,
                  progress: bool = True, overwrite: bool = False) -> None:
-        self.config = config
         self.out_dir = out_dir
         self.data = data
         self.device = resolve_device(config.device)
         self.dist = init_distributed(self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        # The precision that runs is the one every checkpoint records, so a resume repeats it.
+        precision = agree(resolve_precision(config.precision, self.device), self.dist)
+        self.config = config = dataclasses.replace(config, precision=precision)
         if config.batch_size % self.dist.world_size:
             raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must be a "
                               f"multiple of the {self.dist.world_size} processes")

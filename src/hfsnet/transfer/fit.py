@@ -19,7 +19,7 @@ from hfsnet.models.base import count_params
 from hfsnet.models.head import POOLS, LevelHead
 from hfsnet.models.level_head import install_head, trunk_spec
 from hfsnet.train.checkpoint import CHECKPOINT_NAME, checkpoint_bytes, data_meta
-from hfsnet.train.config import PRECISIONS, TrainConfig
+from hfsnet.train.config import CONCRETE_PRECISIONS, TrainConfig
 from hfsnet.train.evaluate import EvalResult, summarize
 from hfsnet.train.options import OPEN_FRACTION, at_least, option, option_like, validate_fields
 from hfsnet.train.runtime import resolve_device
@@ -85,7 +85,7 @@ class HeadOptions:
                                help="ridge: choose the strength by exact leave-one-out accuracy "
                                "on every row, or on the --holdout rows")
     sgd: SgdOptions = field(default_factory=SgdOptions)
-    precision: str = option("fp32", choices=PRECISIONS, flag="--cache-precision",
+    precision: str = option("fp32", choices=CONCRETE_PRECISIONS, flag="--cache-precision",
                             help="precision of the trunk pass that fills the cache")
     batch_size: int = option(500, check=at_least(1), flag="--cache-batch-size",
                              help="images per trunk pass batch")
