@@ -78,11 +78,10 @@ def acc_at(curve: Curve, seconds: float) -> float | None:
 def cpu_model() -> str:
     """The CPU's model name: the same 2-core machine kind has been an AMD EPYC and an Intel
     Xeon, and bf16 pays on one and not the other (docs/performance.md)."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() \
-            else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def run_once(preset: str, seed: int, args: argparse.Namespace) -> dict[str, object]:

@@ -44,10 +44,10 @@ BF16_GAIN = 1 / 1.1
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto``: bf16 where this device runs it faster than fp32, else fp32; others unchanged.
 
-    The same machine kind has been an AMD EPYC (Zen 4), where a bf16 training step of the fast
-    presets ran ~1.8x faster than fp32, and an Intel Xeon without AMX, where it ran 1.3-1.5x
-    slower (docs/performance.md, "Precision"), so the choice is measured, not assumed. CUDA:
-    bf16 where the GPU supports it.
+    The same machine kind has been an AMD EPYC (Zen 4), where a bf16 matmul ran 2.3x fp32's
+    rate, and an Intel Xeon without AMX, where the fast presets' bf16 training steps ran at
+    0.75-0.78x fp32's (docs/performance.md section 0, benchmarks/precision.py), so the choice
+    is measured, not assumed. CUDA: bf16 where the GPU supports it.
     """
     if precision != "auto":
         return precision

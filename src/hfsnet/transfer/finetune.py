@@ -32,10 +32,10 @@ UNFREEZE = ("all", "gradual")
 HEAD_INITS = ("auto", "reset", "cache")
 # Batch norm statistics of the stages being trained. "frozen" (the source's running statistics,
 # norm layers in eval mode) is the default because batch statistics of a pretrained trunk on
-# new images differ from its running ones: the fitted head (calibrated on eval-mode features) saw
-# a training loss of 26 instead of 0.57 on its first Fashion-MNIST batch, and 3 epochs at 100
-# images per class reached 81% test accuracy with frozen statistics against 49-55% with batch
-# ones, from the ridge head and from a fresh one alike (docs/results/adapt, "Fine-tuning").
+# new images differ from its running ones: the fitted head (calibrated on eval-mode features) has
+# a loss of 26 in training mode against 0.56 in eval mode on a Fashion-MNIST batch
+# (benchmarks/norm_stats_probe.py), and 5-epoch fine-tunes at 100 images per class lost 4-38
+# points with batch statistics on every task (benchmarks/adapt.py, ft-*-batch methods).
 NORM_STATS = ("frozen", "batch")
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
