@@ -1,17 +1,18 @@
 """bf16 against fp32 on this CPU: matmuls, training steps, and what ``--precision auto`` picks.
 
-    .venv/bin/python benchmarks/precision.py [--batch 500] [--repeats 2] [--models M1,M2]
+    .venv/bin/python benchmarks/precision.py [--batch 128] [--repeats 2] [--models M1,M2@64]
+        [--results benchmarks/results/precision-<machine>.json]
 
-bf16 autocast is not faster everywhere: on the AMD EPYC (Zen 4) this project first ran on, a
-bf16 matmul ran ~2.3x an fp32 one; on an Intel Xeon without AMX the same kind of machine later
-turned out to be, bf16 ran at half the fp32 rate. This prints and saves, side by side in one
-process: the 2048^3 matmul rate in both at 1 and 2 threads; training-step images/s (forward,
-backward; channels-last, random weights and images, the models' own layers) in both, the
-settings interleaved ``--repeats`` times; the ratio the ``auto`` probe
-(:func:`hfsnet.train.runtime.bf16_step_ratio`) measures and the precision it picks. The CPU model
-and the load average go with the numbers: run it alone.
-
-Results: ``benchmarks/results/precision.json``.
+bf16 autocast is not faster everywhere. The machine kind has been an AMD EPYC (Zen 4) with
+AVX-512 BF16, where a bf16 matmul ran ~2.3x an fp32 one; an Intel Xeon without AMX, where bf16
+ran at half the fp32 rate; and an AMD EPYC with AVX2 only, where bf16 is emulated. This prints
+and saves, side by side in one process: the matmul rate (2048^3 unless ``--matmul-size``) in
+both at 1 and 2 threads (as many repetitions as fit in about 2 s, at least one); training-step
+images/s (forward, backward; channels-last, random weights and images, the models' own
+layers; ``name@side`` for a model's input side, 32 px by default) in both, the settings
+interleaved ``--repeats`` times; and per model the ratio the ``auto`` probe
+(:func:`hfsnet.train.runtime.bf16_step_ratio`) measures and the precision it picks. The CPU
+model and the load average go with the numbers: run it alone.
 """
 
 from __future__ import annotations
@@ -28,29 +29,39 @@ import torch
 import torch.nn.functional as F
 
 from hfsnet.models import create_model
-from hfsnet.train.runtime import autocast, bf16_step_ratio, resolve_precision
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from time_to_accuracy import cpu_model
+from hfsnet.train.runtime import autocast, bf16_step_ratio, cpu_description, resolve_precision
 
 RESULTS = Path(__file__).resolve().parent / "results" / "precision.json"
 CPU = torch.device("cpu")
+MATMUL_BUDGET = 2.0  # seconds of timed matmuls per setting
 
 
-def matmul_gflops(dtype: torch.dtype, threads: int, size: int = 2048, reps: int = 5) -> float:
+def matmul_gflops(dtype: torch.dtype, threads: int, size: int = 2048) -> float:
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
-    start = time.perf_counter()
-    for _ in range(reps):
+    reps, start = 0, time.perf_counter()
+    while reps == 0 or time.perf_counter() - start < MATMUL_BUDGET:
         a @ b
+        reps += 1
     return 2 * size**3 * reps / (time.perf_counter() - start) / 1e9
 
 
-def step_images_per_second(name: str, precision: str, batch: int) -> float:
+def parse_model(spec: str) -> tuple[str, int]:
+    name, _, side = spec.partition("@")
+    return name, int(side or 32)
+
+
+def build(spec: str) -> torch.nn.Module:
+    name, side = parse_model(spec)
+    return create_model(name, image_size=side).to(memory_format=torch.channels_last).train()
+
+
+def step_images_per_second(spec: str, precision: str, batch: int) -> float:
     """Two timed forward + backward steps after a warm-up, channels-last."""
-    model = create_model(name, image_size=32).to(memory_format=torch.channels_last).train()
-    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    side = parse_model(spec)[1]
+    model = build(spec)
+    x = torch.randn(batch, 3, side, side).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
 
     def step() -> None:
@@ -67,41 +78,56 @@ def step_images_per_second(name: str, precision: str, batch: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--models", default="air-plain,hfs-air-s")
+    parser.add_argument("--models", default="air-plain,hfs-air-s,efficientnet-lite0@64")
     parser.add_argument("--threads", type=int, default=2, help="threads of the training steps")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--matmul-size", type=int, default=2048,
+                        help="side of the square matmuls (an emulated bf16 2048^3 matmul took "
+                        "over a minute on the AVX2-only EPYC: 512 there)")
     args = parser.parse_args()
     load_before = os.getloadavg()
-    matmul = {f"{kind}_{threads}_threads": matmul_gflops(dtype, threads)
-              for threads in (1, 2) for kind, dtype in (("bf16", torch.bfloat16),
-                                                        ("fp32", torch.float32))}
-    print("matmul GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in matmul.items()), flush=True)
+    matmul = {}
+    for threads in (1, 2):
+        for kind, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+            matmul[f"{kind}_{threads}_threads"] = matmul_gflops(dtype, threads,
+                                                                args.matmul_size)
+            print(f"matmul {kind} {threads} thread(s): {matmul[f'{kind}_{threads}_threads']:.1f}"
+                  " GFLOP/s", flush=True)
     torch.set_num_threads(args.threads)
     runs: dict[str, dict[str, list[float]]] = {}
     for _ in range(args.repeats):
-        for name in args.models.split(","):
+        for spec in args.models.split(","):
             for precision in ("bf16", "fp32"):
-                rate = step_images_per_second(name, precision, args.batch)
-                runs.setdefault(name, {}).setdefault(precision, []).append(rate)
-                print(f"{name} {precision}: {rate:.0f} img/s", flush=True)
-    steps = {name: {"bf16_median": statistics.median(r["bf16"]),
-                    "fp32_median": statistics.median(r["fp32"]), "runs": r,
-                    "bf16_over_fp32": statistics.median(r["bf16"]) / statistics.median(r["fp32"])}
-             for name, r in runs.items()}
-    ratio = bf16_step_ratio(torch.get_num_threads())
-    picked = resolve_precision("auto", CPU)
-    for name, s in steps.items():
-        print(f"{name}: bf16 {s['bf16_median']:.0f} img/s, fp32 {s['fp32_median']:.0f} img/s, "
-              f"bf16 = {s['bf16_over_fp32']:.2f}x fp32")
-    print(f"--precision auto probe: bf16 step time = {ratio:.2f}x fp32's -> {picked}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
-        "batch": args.batch, "threads": args.threads, "load_before": load_before,
-        "load_after": os.getloadavg(), "matmul_gflops": matmul, "steps": steps,
-        "auto_probe_ratio": ratio, "auto_picks": picked}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+                rate = step_images_per_second(spec, precision, args.batch)
+                runs.setdefault(spec, {}).setdefault(precision, []).append(rate)
+                print(f"{spec} {precision}: {rate:.1f} img/s", flush=True)
+    steps = {}
+    for spec, r in runs.items():
+        side = parse_model(spec)[1]
+        model = build(spec)
+        probe = bf16_step_ratio(model, (3, side, side), channels_last=True)
+        steps[spec] = {"bf16_median": statistics.median(r["bf16"]),
+                       "fp32_median": statistics.median(r["fp32"]), "runs": r,
+                       "bf16_over_fp32": statistics.median(r["bf16"]) / statistics.median(
+                           r["fp32"]),
+                       "auto_probe_ratio": probe,
+                       "auto_picks": resolve_precision("auto", CPU, model, (3, side, side),
+                                                       channels_last=True)}
+    for spec, s in steps.items():
+        print(f"{spec}: bf16 {s['bf16_median']:.1f} img/s, fp32 {s['fp32_median']:.1f} img/s, "
+              f"bf16 = {s['bf16_over_fp32']:.2f}x fp32; auto probe: bf16 step time = "
+              f"{s['auto_probe_ratio']:.2f}x fp32's -> {s['auto_picks']}")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps({
+        "command": "benchmarks/precision.py " + " ".join(sys.argv[1:]),
+        "cpu": cpu_description(), "cpus": os.cpu_count(), "torch": torch.__version__,
+        "batch": args.batch, "threads": args.threads, "matmul_size": args.matmul_size,
+        "load_before": load_before,
+        "load_after": os.getloadavg(), "matmul_gflops": matmul, "steps": steps}, indent=2)
+        + "\n")
+    print(f"wrote {args.results}")
 
 
 if __name__ == "__main__":

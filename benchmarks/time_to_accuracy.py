@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hfsnet.data import load_dataset
+from hfsnet.train.runtime import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "time_to_accuracy.json"
@@ -73,15 +73,6 @@ def acc_at(curve: Curve, seconds: float) -> float | None:
     """The accuracy after the last epoch finished within ``seconds``; None before the first."""
     done = [acc for t, acc in curve if t <= seconds]
     return done[-1] if done else None
-
-
-def cpu_model() -> str:
-    """The CPU's model name: the same 2-core machine kind has been an AMD EPYC and an Intel
-    Xeon, and bf16 pays on one and not the other (docs/performance.md)."""
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def run_once(preset: str, seed: int, args: argparse.Namespace) -> dict[str, object]:
@@ -228,7 +219,7 @@ def main() -> None:
     print_table(rows, summary, versus, args.peer)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps({
-        "machine": cpu_model(), "cpus": os.cpu_count(),
+        "machine": cpu_description(), "cpus": os.cpu_count(),
         "threads": args.threads, "device": args.device, "data": args.data,
         "timing": "cumulative training seconds to each epoch's test accuracy (evaluation "
                   "excluded); wall_seconds: the whole process",

@@ -1,19 +1,45 @@
-"""--precision auto: measured per machine, resolved once, and what ran is what checkpoints say."""
+"""--precision auto: measured per model and machine, resolved once, and what ran is what
+checkpoints say."""
 
 import json
 import math
+import time
 
 import pytest
 import torch
+from torch import nn
 
 from hfsnet.train import resolve_config, runtime, train
 from hfsnet.train.checkpoint import load_checkpoint
 from hfsnet.train.config import ConfigError
 from hfsnet.train.run import resume_trainer
-from hfsnet.train.runtime import autocast, bf16_step_ratio, resolve_precision
+from hfsnet.train.runtime import autocast, bf16_step_ratio, cpu_description, resolve_precision
 from tests.helpers import TINY_HFS
 
 CPU = torch.device("cpu")
+SHAPE = (3, 8, 8)
+
+
+def net():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Dropout(0.5),
+                         nn.Flatten(), nn.Linear(256, 2))
+
+
+class Slow(nn.Module):
+    """Sleeps ``seconds`` per forward under bf16 autocast (or, ``in_bf16=False``, in fp32) and
+    counts its bf16 calls: a model whose precisions differ by a known time."""
+
+    def __init__(self, seconds, in_bf16=True):
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+        self.seconds, self.in_bf16, self.bf16_calls = seconds, in_bf16, 0
+
+    def forward(self, x):
+        bf16 = torch.is_autocast_enabled("cpu")
+        self.bf16_calls += bf16
+        if bf16 == self.in_bf16:
+            time.sleep(self.seconds)
+        return self.linear(x.mean((2, 3)))
 
 
 def config(data, **over):
@@ -27,28 +53,48 @@ def config(data, **over):
 def probe(monkeypatch):
     """Replace the timing probe by a fixed bf16/fp32 ratio; returns a setter."""
     def set_ratio(ratio):
-        monkeypatch.setattr(runtime, "bf16_step_ratio", lambda threads: ratio)
+        monkeypatch.setattr(runtime, "bf16_step_ratio", lambda *args, **kwargs: ratio)
     return set_ratio
 
 
 def test_concrete_precisions_pass_through_untouched(probe):
     probe(0.1)  # would pick bf16: must not be consulted
-    assert resolve_precision("fp32", CPU) == "fp32"
+    assert resolve_precision("fp32", CPU, net(), SHAPE) == "fp32"
     probe(10.0)
-    assert resolve_precision("bf16", CPU) == "bf16"
+    assert resolve_precision("bf16", CPU, net(), SHAPE) == "bf16"
 
 
 @pytest.mark.parametrize(("ratio", "picked"), [(0.5, "bf16"), (0.9, "bf16"), (0.95, "fp32"),
                                                (1.4, "fp32")])
 def test_auto_takes_bf16_only_when_it_is_at_least_ten_percent_faster(probe, ratio, picked):
     probe(ratio)
-    assert resolve_precision("auto", CPU) == picked
+    assert resolve_precision("auto", CPU, net(), SHAPE) == picked
 
 
-def test_the_probe_measures_a_real_ratio():
-    ratio = bf16_step_ratio(torch.get_num_threads())
-    assert math.isfinite(ratio) and 0.05 < ratio < 20
-    assert bf16_step_ratio(torch.get_num_threads()) == ratio  # measured once per thread count
+def test_the_probe_times_the_model_and_leaves_no_trace():
+    model = net().train()
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ratio = bf16_step_ratio(model, SHAPE, channels_last=True)
+    assert math.isfinite(ratio) and 0.01 < ratio < 100
+    assert model.training  # back in training mode
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN stats too
+    assert torch.equal(model[0].weight.grad, torch.ones_like(model[0].weight))
+    assert model[4].weight.grad is None
+
+
+def test_a_slower_bf16_step_picks_fp32_and_a_hopeless_one_is_timed_once():
+    model = Slow(0.05)  # bf16 takes 50 ms more per step than a ~0.1 ms fp32 step
+    assert bf16_step_ratio(model, SHAPE) > runtime.HOPELESS
+    assert model.bf16_calls == 1  # the first bf16 step ended the probe
+    assert resolve_precision("auto", CPU, Slow(0.05), SHAPE) == "fp32"
+
+
+def test_a_faster_bf16_step_picks_bf16():
+    model = Slow(0.02, in_bf16=False)  # fp32 is the slow one
+    assert bf16_step_ratio(model, SHAPE) < 0.5
+    assert model.bf16_calls == 3  # a warm-up and the best of 2
+    assert resolve_precision("auto", CPU, Slow(0.02, in_bf16=False), SHAPE) == "bf16"
 
 
 def test_autocast_refuses_an_unresolved_precision():
@@ -69,8 +115,20 @@ def test_the_run_records_the_precision_that_ran_and_resume_repeats_it(tiny_folde
                                                                       probe, ratio, ran):
     probe(ratio)
     out = tmp_path / "run"
-    train(config(tiny_folder, precision="auto", epochs=1), out, progress=False)
+    result = train(config(tiny_folder, precision="auto", epochs=1), out, progress=False)
     assert json.loads((out / "config.json").read_text())["precision"] == ran
+    assert result.machine["precision"] == ran and result.machine["device"] == "cpu"
+    assert result.machine["cpu"] == cpu_description()
+    assert json.loads((out / "result.json").read_text())["machine"] == result.machine
     assert load_checkpoint(out).meta["config"]["precision"] == ran
     probe(1 / ratio)  # the machine now prefers the other one: a resumed run keeps its own
     assert resume_trainer(out, progress=False).config.precision == ran
+
+
+def test_the_cpu_is_named_with_the_extensions_that_decide_bf16():
+    zen4 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx avx2 avx512f avx512_bf16\n"
+    assert cpu_description(zen4) == "AMD EPYC (avx2, avx512f, avx512_bf16)"
+    assert cpu_description("model name\t: AMD EPYC\nflags\t\t: fpu avx avx2\n") == \
+        "AMD EPYC (avx2)"
+    assert cpu_description("model name\t: Old CPU\nflags\t\t: fpu sse2\n") == "Old CPU"
+    assert cpu_description("") and "(" not in cpu_description("")  # the platform's name

@@ -172,3 +172,18 @@ def test_bad_options_name_the_flag(source_run, new_data, tmp_path, options, mess
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         build_finetuner(source, load_target(source, str(new_data)), config(), tmp_path / "ft",
                         options, progress=False)
+
+
+def test_a_finished_fine_tune_is_refused_unless_overwrite(source_run, new_data, tmp_path, capsys):
+    flags = ["finetune", "--checkpoint", str(source_run), "--data", str(new_data), "--out",
+             str(tmp_path / "ft"), "--epochs", "1", "--precision", "fp32", "--quiet"]
+    assert main(flags) == 0
+    first = load_checkpoint(tmp_path / "ft").meta["run_id"]
+    capsys.readouterr()
+    assert main(flags) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the parameter groups: the one error line
+    assert "holds a run" in last and "--overwrite" in last and "Traceback" not in err
+    assert load_checkpoint(tmp_path / "ft").meta["run_id"] == first  # nothing was touched
+    assert main([*flags, "--overwrite"]) == 0
+    assert load_checkpoint(tmp_path / "ft").meta["run_id"] != first

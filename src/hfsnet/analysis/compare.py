@@ -233,7 +233,8 @@ def measure_model(config: TrainConfig, data: DataSplits, cache: Path, *,
     options = {"image_size": data.image_size[0], **config.model_options}
     model = create_model(config.model, num_classes=data.num_classes,
                          in_channels=data.in_channels, **options)
-    precision = resolve_precision(config.precision, resolve_device(config.device))
+    precision = resolve_precision(config.precision, resolve_device(config.device), model, shape,
+                                  channels_last=config.channels_last)
     summary = summarize(model, shape, batch_size=config.batch_size, precision=precision)
     spec = StepSpec(
         model=config.model, model_options=options, num_classes=data.num_classes,

@@ -15,6 +15,14 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    """--overwrite for commands that train into a run directory."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out (its files are removed at the new "
+                             "run's first save: a run that fails before that leaves them as they "
+                             "were)")
+
+
 def add_threads(parser: argparse.ArgumentParser) -> None:
     """--threads for commands that run a network without a training config."""
     parser.add_argument("--threads", type=positive_int, metavar="N",

@@ -11,6 +11,7 @@ import torch
 
 from hfsnet.cli.common import (
     add_common,
+    add_overwrite,
     add_threads,
     emit,
     out_dir,
@@ -105,9 +106,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     trained = meta.get("config", {})
     # By default inference runs the way the model trained: the precision that ran (the fast
     # recipes': bf16 where it was faster) and channels-last memory.
-    precision = resolve_precision(args.precision or trained.get("precision", "fp32"), device)
     channels_last = bool(trained.get("channels_last", False))
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    precision = resolve_precision(args.precision or trained.get("precision", "fp32"), device,
+                                  model, (data.in_channels, *data.image_size),
+                                  channels_last=channels_last)
     if args.tta_flip or args.tta_translate:
         model = FlipAverage(model, translate=bool(args.tta_translate))
     result = evaluate(model, data.test, mean=tuple(meta["mean"]), std=tuple(meta["std"]),
@@ -180,9 +183,7 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--resume", metavar="DIR|auto",
                    help="continue a run from its newest valid checkpoint (auto: the --out "
                         "directory if it holds one, else start fresh)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run already in --out (its files are removed at the new "
-                        "run's first save: a run that fails before that leaves them as they were)")
+    add_overwrite(p)
     p.add_argument("--nproc", type=int, metavar="N",
                    help="train with N processes (DistributedDataParallel) through torchrun")
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hfsnet.cli.common import add_common, add_threads, emit, out_dir
+from hfsnet.cli.common import add_common, add_overwrite, add_threads, emit, out_dir
 from hfsnet.cli.config_flags import add_config_flags, given_values
 from hfsnet.data import DataError, DataSplits, data_spec, load_dataset
 from hfsnet.textutil import printable
@@ -122,7 +122,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                                             "data": data_spec(args.data),
                                             "lr": options.head_lr})
     data = target_data(args, source, config.seed, config.val_split)
-    result = finetune(source, data, config, args.out, options, progress=not args.quiet)
+    result = finetune(source, data, config, args.out, options, progress=not args.quiet,
+                      overwrite=args.overwrite)
     print(f"test accuracy {100 * result.test_acc:.2f}% (loss {result.test_loss:.4f}) after "
           f"{result.epochs} epochs, {result.train_seconds:.1f}s training; run saved to "
           f"{args.out}", file=_out(args))
@@ -188,6 +189,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     add_config_flags(p, TrainConfig, only=FINETUNE_CONFIG)
     add_config_flags(p, FinetuneOptions)
+    add_overwrite(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     add_common(p)
     p.set_defaults(func=cmd_finetune)

@@ -47,6 +47,7 @@ from hfsnet.train.rundir import (
 )
 from hfsnet.train.runtime import (
     autocast,
+    cpu_description,
     resolve_device,
     resolve_precision,
     rng_state,
@@ -74,6 +75,8 @@ class TrainResult:
     images_per_second: float
     epochs: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    # What ran: the resolved precision, threads and CPU, so a time can be read for its machine.
+    machine: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,9 +155,6 @@ class Trainer:
         self.dist = init_distributed(self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        # The precision that runs is the one every checkpoint records, so a resume repeats it.
-        precision = agree(resolve_precision(config.precision, self.device), self.dist)
-        self.config = config = dataclasses.replace(config, precision=precision)
         if config.batch_size % self.dist.world_size:
             raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must be a "
                               f"multiple of the {self.dist.world_size} processes")
@@ -162,6 +162,13 @@ class Trainer:
             model = convert_sync_batchnorm(model, self.device.type)  # type: ignore[assignment]
         fmt = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=fmt)
+        # The precision that runs is the one every checkpoint records, so a resume repeats it;
+        # rank 0 measures `auto` and every rank takes its choice.
+        precision = config.precision if self.dist.rank else resolve_precision(
+            config.precision, self.device, self.model, (data.in_channels, *data.image_size),
+            channels_last=config.channels_last)
+        precision = agree(precision, self.dist)
+        self.config = config = dataclasses.replace(config, precision=precision)
         # What the steps run: DDP averages gradients over ranks; self.model stays the plain
         # module that is saved and evaluated.
         self.train_model: torch.nn.Module = self.model
@@ -442,6 +449,13 @@ class Trainer:
         lines = "".join(json.dumps(row) + "\n" for row in self.history)
         atomic_write_bytes(self.out_dir / "metrics.jsonl", lines.encode())
 
+    def _machine(self) -> dict[str, Any]:
+        cuda = self.device.type == "cuda"
+        return {"device": torch.cuda.get_device_name(self.device) if cuda else "cpu",
+                "cpu": cpu_description(), "threads": torch.get_num_threads(),
+                "precision": self.config.precision, "processes": self.dist.world_size,
+                "torch": torch.__version__}
+
     def fit(self) -> TrainResult:
         if self.dist.is_main:
             self._open_run_dir()
@@ -483,7 +497,7 @@ class Trainer:
             out_dir=str(self.out_dir), test_acc=last["test_acc"], test_loss=last["test_loss"],
             params=count_params(self.model), train_seconds=train_seconds,
             images_per_second=images / max(1e-9, train_seconds), epochs=self.epoch,
-            history=self.history,
+            history=self.history, machine=self._machine(),
         )
         if self.dist.is_main:
             atomic_write_bytes(self.out_dir / "result.json",

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
+import platform
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from hfsnet.errors import HfsnetError
+
+# The instruction-set extensions that decide what bf16 and wide vectors cost; the same machine
+# kind has been a Zen 4 EPYC (avx512_bf16), a Xeon without AMX and an AVX2-only EPYC, all three
+# named "AMD EPYC" or "Intel(R) Xeon(R) Processor" alone (docs/performance.md section 0).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
 class DeviceError(HfsnetError):
@@ -27,6 +33,26 @@ def resolve_device(kind: str) -> torch.device:
     return torch.device(kind)
 
 
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The CPU's model name and which of :data:`CPU_FLAGS` it has, e.g. "AMD EPYC (avx2)";
+    ``cpuinfo``: the text of /proc/cpuinfo (read when None; the platform's name without it)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as file:
+                cpuinfo = file.read()
+        except OSError:
+            cpuinfo = ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    have = set(fields.get("flags", "").split())
+    flags = [flag for flag in CPU_FLAGS if flag in have]
+    return f"{name} ({', '.join(flags)})" if flags else name
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16 autocast on CPU and CUDA alike (``precision`` resolved: fp32 or bf16)."""
     if precision == "bf16":
@@ -39,46 +65,66 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 # bf16 is chosen when its probe step takes at most this fraction of fp32's: below a 10% gain the
 # rounding is not worth it.
 BF16_GAIN = 1 / 1.1
+# The probe's batch: big enough for oneDNN's batched kernels, small enough that a machine that
+# emulates bf16 (10x slower in EfficientNet-Lite0's step on an AVX2-only EPYC) pays ~1 s.
+PROBE_BATCH = 4
+# A first bf16 call this many times slower than fp32's best step ends the probe: bf16 cannot win.
+HOPELESS = 4.0
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 where this device runs it faster than fp32, else fp32; others unchanged.
+def resolve_precision(precision: str, device: torch.device, model: torch.nn.Module,
+                      input_shape: Sequence[int], *, channels_last: bool = False) -> str:
+    """``auto``: bf16 where this device runs ``model``'s training step faster than fp32, else
+    fp32; others unchanged. ``input_shape``: one image's (channels, height, width).
 
-    The same machine kind has been an AMD EPYC (Zen 4), where a bf16 matmul ran 2.3x fp32's
-    rate, and an Intel Xeon without AMX, where the fast presets' bf16 training steps ran at
-    0.75-0.78x fp32's (docs/performance.md section 0, benchmarks/precision.py), so the choice
-    is measured, not assumed. CUDA: bf16 where the GPU supports it.
+    The machine kind has been an AMD EPYC with AVX-512 BF16 (a bf16 matmul at 2.3x fp32's
+    rate), an Intel Xeon without AMX (the fast presets' bf16 steps at 0.75-0.78x fp32's) and an
+    AMD EPYC with AVX2 only (EfficientNet-Lite0's bf16 step at 0.1x: depthwise convolutions and
+    emulated bf16; docs/performance.md section 0). Which layers win differs between them, so
+    the model itself is timed, not a stand-in layer. CUDA: bf16 where the GPU supports it.
     """
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    ratio = bf16_step_ratio(torch.get_num_threads())
+    ratio = bf16_step_ratio(model, input_shape, channels_last=channels_last)
     return "bf16" if ratio <= BF16_GAIN else "fp32"
 
 
-@functools.cache
-def bf16_step_ratio(threads: int) -> float:
-    """Time of a bf16-autocast conv forward + backward over the fp32 one on this CPU (below 1:
-    bf16 is faster), best of 3 each after a warm-up; ~0.1 s. ``threads`` keys the cache."""
-    del threads  # the probe runs at the current thread count; the argument keys the cache
+def bf16_step_ratio(model: torch.nn.Module, input_shape: Sequence[int], *,
+                    channels_last: bool = False, batch: int = PROBE_BATCH) -> float:
+    """Time of ``model``'s forward + backward under bf16 autocast over the fp32 one on the CPU
+    (below 1: bf16 is faster), best of 2 after a warm-up each, on random images. The model runs
+    in eval mode (batch-norm statistics and dropout untouched) and its gradients are restored,
+    so the probe leaves no trace."""
     generator = torch.Generator().manual_seed(0)
-    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(
-        memory_format=torch.channels_last)
-    x = torch.randn(32, 64, 16, 16, generator=generator).contiguous(
-        memory_format=torch.channels_last).requires_grad_()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, *input_shape, generator=generator).contiguous(memory_format=fmt)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad for p in params]
+    for param in params:  # backward would accumulate into the stored tensors in place
+        param.grad = None
+    was_training = model.training
+    model.eval()
 
-    def seconds(precision: str) -> float:
-        best = float("inf")
-        for _ in range(4):  # the first is the warm-up: oneDNN picks its kernels
-            start = time.perf_counter()
-            with autocast(torch.device("cpu"), precision):
-                y = conv(x)
-            y.float().sum().backward()
-            best = min(best, time.perf_counter() - start)
-        return best
+    def step(precision: str) -> float:
+        start = time.perf_counter()
+        with autocast(torch.device("cpu"), precision):
+            out = model(x)
+        out.float().sum().backward()
+        return time.perf_counter() - start
 
-    return seconds("bf16") / seconds("fp32")
+    try:
+        step("fp32")  # warm-up: oneDNN picks its kernels
+        fp32 = min(step("fp32") for _ in range(2))
+        first = step("bf16")
+        if first > HOPELESS * fp32:
+            return first / fp32
+        return min(step("bf16") for _ in range(2)) / fp32
+    finally:
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad
+        model.train(was_training)
 
 
 def seed_everything(seed: int) -> None:

@@ -193,10 +193,11 @@ def prepare_head(source: Source, data: DataSplits, options: FinetuneOptions) -> 
 
 
 def build_finetuner(source: Source, data: DataSplits, config: TrainConfig, out_dir: Path,
-                    options: FinetuneOptions, *, progress: bool = True) -> tuple[Trainer,
-                                                                            dict[str, Any]]:
+                    options: FinetuneOptions, *, progress: bool = True,
+                    overwrite: bool = False) -> tuple[Trainer, dict[str, Any]]:
     """A Trainer over ``data`` for ``source.model`` with a head group and a trunk group, the
-    freeze schedule hooked in; and a record of the fine-tuning settings."""
+    freeze schedule hooked in; and a record of the fine-tuning settings. ``overwrite``: replace
+    a run already in ``out_dir`` (refused otherwise)."""
     config.validate()
     options.validate(config)
     data = for_trunk(source, data)
@@ -209,7 +210,8 @@ def build_finetuner(source: Source, data: DataSplits, config: TrainConfig, out_d
     head_lr, trunk_lr = options.rates(config)
     groups = param_groups(model, head_lr, trunk_lr)
     print_groups(model, groups)
-    trainer = Trainer(config, out_dir, data, model, groups=groups, progress=progress)
+    trainer = Trainer(config, out_dir, data, model, groups=groups, progress=progress,
+                      overwrite=overwrite)
     trainer.epoch_hooks.append(FreezeSchedule(model, options.freeze_epochs, options.unfreeze,
                                               options.train_bn, options.norm_stats))
     record = {"source": source.origin, "head_lr": head_lr, "trunk_lr": trunk_lr,
@@ -221,10 +223,12 @@ def build_finetuner(source: Source, data: DataSplits, config: TrainConfig, out_d
 
 
 def finetune(source: Source, data: DataSplits, config: TrainConfig, out_dir: str | Path,
-             options: FinetuneOptions, *, progress: bool = True) -> TrainResult:
+             options: FinetuneOptions, *, progress: bool = True,
+             overwrite: bool = False) -> TrainResult:
     """Fine-tune ``source.model`` on ``data``; the run directory gets ``finetune.json`` too."""
     out = Path(out_dir)
-    trainer, record = build_finetuner(source, data, config, out, options, progress=progress)
+    trainer, record = build_finetuner(source, data, config, out, options, progress=progress,
+                                      overwrite=overwrite)
     result = trainer.fit()
     atomic_write_bytes(out / "finetune.json", json.dumps(record, indent=2).encode())
     return result
