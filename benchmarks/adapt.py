@@ -15,6 +15,7 @@ split always. Methods (a cell is task x regime x method x seed):
     ridge-all-2x2    ridge on all levels, 2x2 pooled
     ridge-select     ridge-all with --select 1024
     ridge-expand     ridge-all with --expand 2048 (random ReLU features, input kept)
+    ridge-all-2x2-cl2, ridge-expand-cl2   ridge-all-2x2 and ridge-expand with center-l2 + LOO
     sgd-last, sgd-all, sgd-all-2x2   a linear head trained by AdamW on the cache
     level-N          ridge on level N alone (gap): the per-level probe
     ft-1rate         fine-tuning, one learning rate for trunk and head (fresh head)
@@ -23,6 +24,8 @@ split always. Methods (a cell is task x regime x method x seed):
     ft-*-batch       the same fine-tune with ``--norm-stats batch`` (batch norms normalise by
                      each batch and update their statistics; the fine-tunes above keep the
                      trunk's ImageNet statistics, hfsnet's default)
+    ft-*-eN          the same fine-tune for N epochs instead of 5 (``ft-2rate-ridge-e20``):
+                     where fine-tuning stops gaining, which its 5-epoch cells cannot show
     scratch          hfs-air-s trained from scratch with the ``fast`` recipe
 
 One feature cache per task (all levels, 2x2 pooled, train + test at the task's side) serves
@@ -66,13 +69,11 @@ from hfsnet.data import DataSplits, load_dataset, to_rgb
 from hfsnet.models import create_model
 from hfsnet.models.level_head import install_head
 from hfsnet.train import resolve_config, train
+from hfsnet.train.runtime import cpu_description
 from hfsnet.transfer.finetune import FinetuneOptions, build_finetuner
 from hfsnet.transfer.fit import HeadOptions, cache_for, fit_cached_head, score_descriptors
 from hfsnet.transfer.source import Source, for_trunk
 from hfsnet.transfer.subsets import few_shot
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from time_to_accuracy import cpu_model  # benchmarks/ is not a package
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared/datasets"
@@ -93,6 +94,9 @@ HEADS: dict[str, tuple[dict[str, Any], str, str]] = {
     "ridge-all-2x2": ({}, "all", "2x2"),
     "ridge-select": ({"select": 1024}, "all", "gap"),
     "ridge-expand": ({"expand": 2048}, "all", "gap"),
+    "ridge-all-2x2-cl2": ({"normalize": "center-l2", "alpha_select": "loo"}, "all", "2x2"),
+    "ridge-expand-cl2": ({"expand": 2048, "normalize": "center-l2", "alpha_select": "loo"},
+                         "all", "gap"),
     "sgd-last": ({"method": "sgd"}, "last", "gap"),
     "sgd-all": ({"method": "sgd"}, "all", "gap"),
     "sgd-all-2x2": ({"method": "sgd"}, "all", "2x2"),
@@ -100,15 +104,18 @@ HEADS: dict[str, tuple[dict[str, Any], str, str]] = {
 LEVELS = 8  # EfficientNet-Lite0, taps=stages
 FINETUNES = ("ft-2rate", "ft-1rate", "ft-2rate-ridge")
 BATCH_STATS = "-batch"  # suffix of a fine-tune method run with --norm-stats batch
+EPOCH_SUFFIX = "-e"  # ft-2rate-e20: that fine-tune for 20 epochs
 GROUPS = {"heads": ["logreg-last", *HEADS], "levels": [f"level-{n}" for n in range(1, 9)],
           "ft": list(FINETUNES), "ft-batch": [m + BATCH_STATS for m in FINETUNES]}
 SGD_EPOCHS = {"100": 30, "all": 10}  # all: 10 passes over 24,300-60,000 rows
 FT_EPOCHS = 5
 HEAD_LR = 2e-3
-# benchmarks/transfer.py's pinned fine-tuning recipe: AdamW, one-cycle, batch 64, crops, flips.
+# benchmarks/transfer.py's pinned fine-tuning recipe: AdamW, one-cycle, batch 64, crops, flips;
+# precision auto (cells before 2026-12-02 15:30 forced bf16, which on an AVX2-only EPYC ran
+# EfficientNet-Lite0's step at 0.1x fp32's speed; each cell records the precision that ran).
 RECIPE = {"optimizer": "adamw", "lr": HEAD_LR, "weight_decay": 5e-4, "schedule": "onecycle",
           "warmup_fraction": 0.15, "batch_size": 64, "crop_padding": 4, "flip": True,
-          "precision": "bf16", "channels_last": True}
+          "precision": "auto", "channels_last": True}
 # Full CIFAR-10 from scratch is already measured: reused, not retrained.
 SCRATCH_CIFAR_ALL = {"test_acc": 0.8590, "seconds": 271.0, "n": 5,
                      "source": "benchmarks/results/time_to_accuracy.json and README: "
@@ -357,14 +364,27 @@ def ft_config(task: str, seed: int, epochs: int) -> Any:
                           seed=seed, track_test=False, **RECIPE)
 
 
+def split_finetune(method: str) -> tuple[str, str, int] | None:
+    """``ft-2rate-ridge-batch-e20`` -> ("ft-2rate-ridge", "batch", 20); None for a method that
+    is not a fine-tune."""
+    base, epochs = method, FT_EPOCHS
+    stem, _, count = method.rpartition(EPOCH_SUFFIX)
+    if stem and count.isdigit() and int(count) > 0:
+        base, epochs = stem, int(count)
+    norm_stats = "batch" if base.endswith(BATCH_STATS) else "frozen"
+    base = base.removesuffix(BATCH_STATS)
+    return (base, norm_stats, epochs) if base in FINETUNES else None
+
+
 def finetune_cell(task: str, method: str, regime: str, seed: int, data: DataSplits,
                   cache: TaskCache | None, out: Path) -> dict[str, Any]:
     """Fine-tuning from the pretrained trunk; ``ft-2rate-ridge`` installs the ridge-all head
     (fitted on the cache of the same rows) first and keeps it; a ``-batch`` method trains the
-    batch norms' statistics."""
+    batch norms' statistics; ``-eN`` trains N epochs."""
     target = few_shot(data, PER_CLASS, seed) if regime != "all" else data
-    norm_stats = "batch" if method.endswith(BATCH_STATS) else "frozen"
-    method = method.removesuffix(BATCH_STATS)
+    parsed = split_finetune(method)
+    assert parsed is not None, method
+    method, norm_stats, epochs = parsed
     one_rate = method == "ft-1rate"
     options = FinetuneOptions(head_lr=HEAD_LR, trunk_lr=HEAD_LR if one_rate else None,
                               norm_stats=norm_stats)
@@ -381,19 +401,19 @@ def finetune_cell(task: str, method: str, regime: str, seed: int, data: DataSpli
             extra["ridge_alpha"] = details.get("alpha")
             source = Source(model, {**source.meta, "classes": list(data.classes)}, None,
                             f"{MODEL} + ridge head")
-        trainer, record = build_finetuner(source, target, ft_config(task, seed, FT_EPOCHS),
-                                          out, options, progress=False)
-        return trainer.fit(), record
+        trainer, record = build_finetuner(source, target, ft_config(task, seed, epochs),
+                                          out, options, progress=False, overwrite=True)
+        return trainer.fit(), {**record, "precision": trainer.config.precision}
 
     (result, record), seconds = timed(run)
     if method == "ft-2rate-ridge":
         assert cache is not None
         extra["feature_seconds"] = cache.feature_seconds(regime)
         seconds += extra["feature_seconds"]
-    return {"test_acc": result.test_acc, "seconds": seconds, "epochs": FT_EPOCHS,
+    return {"test_acc": result.test_acc, "seconds": seconds, "epochs": epochs,
             "epoch_seconds": [row["seconds"] for row in result.history],
             "head_lr": record["head_lr"], "trunk_lr": record["trunk_lr"],
-            "norm_stats": record["norm_stats"],
+            "norm_stats": record["norm_stats"], "precision": record["precision"],
             "head": record.get("head"), **extra}
 
 
@@ -476,7 +496,7 @@ def run_cell(state: TaskState, regime: str, method: str, seed: int) -> dict[str,
         return logreg_cell(regime, seed, state.cache)
     if method in HEADS or method.startswith("level-"):
         return head_cell(method, regime, seed, state.cache)
-    if method.removesuffix(BATCH_STATS) in FINETUNES:
+    if split_finetune(method) is not None:
         cache = state.cache if method.startswith("ft-2rate-ridge") else None
         return finetune_cell(state.task, method, regime, seed, state.data, cache, out)
     if method == "scratch":
@@ -498,7 +518,7 @@ def run_grid(args: argparse.Namespace, log: Path) -> None:
                             **run_cell(state, regime, method, seed),
                             "load_before": before, "load_after": load_average(),
                             "omp_threads": os.environ.get("OMP_NUM_THREADS"),
-                            "cpu": cpu_model(),
+                            "cpu": cpu_description(),
                             "torch_threads": torch.get_num_threads()}
                     print(json.dumps(cell), file=sys.stderr, flush=True)
                     with log.open("a") as file:

@@ -34,11 +34,13 @@ METHOD_NAMES = {
     "logreg-last": "logistic regression, last level",
     "ridge-last": "ridge, last level",
     "sgd-last": "SGD head, last level",
-    "ridge-all": "ridge, all 8 levels (hfsnet adapt default)",
-    "ridge-all-cl2": "ridge, all levels, center-l2 + LOO strength",
+    "ridge-all": "ridge, all 8 levels, standardised, holdout strength",
+    "ridge-all-cl2": "ridge, all levels, center-l2 + LOO strength (hfsnet adapt default)",
     "ridge-select": "ridge, all levels, select 1024",
     "ridge-expand": "ridge, all levels, expand 2048",
     "ridge-all-2x2": "ridge, all levels, 2x2 pooled",
+    "ridge-all-2x2-cl2": "ridge, all levels, 2x2 pooled, center-l2 + LOO",
+    "ridge-expand-cl2": "ridge, all levels, expand 2048, center-l2 + LOO",
     "sgd-all": "SGD head, all levels",
     "sgd-all-2x2": "SGD head, all levels, 2x2 pooled",
     "ft-1rate": "fine-tune, one rate",
@@ -53,11 +55,15 @@ METHOD_NAMES = {
 }
 LAST = ("logreg-last", "ridge-last", "sgd-last")
 MULTI = ("ridge-all", "ridge-all-cl2", "ridge-select", "ridge-expand", "ridge-all-2x2",
-         "sgd-all", "sgd-all-2x2")
+         "ridge-all-2x2-cl2", "ridge-expand-cl2", "sgd-all", "sgd-all-2x2")
 CACHE_HEADS = LAST + MULTI
 FROZEN_STATS = ("ft-1rate", "ft-2rate", "ft-2rate-ridge")  # hfsnet's default, --norm-stats frozen
 BATCH_STATS = tuple(f"{m}-batch" for m in FROZEN_STATS)  # --norm-stats batch
-FINETUNES = FROZEN_STATS + BATCH_STATS
+LONGER = (2, 10, 15, 20)  # epochs of the ft-*-eN cells (benchmarks/adapt.py), beside the 5 of ft-*
+LONG_FINETUNES = tuple(f"{m}-e{n}" for m in FROZEN_STATS for n in LONGER)
+METHOD_NAMES.update({f"{m}-e{n}": f"{METHOD_NAMES[m]}, {n} epochs"
+                     for m in FROZEN_STATS for n in LONGER})
+FINETUNES = FROZEN_STATS + BATCH_STATS + LONG_FINETUNES
 ORDER = [*LAST, *MULTI, *FINETUNES, "scratch", "cli-adapt"]
 ACC_TOL = 1.0  # points: "within 1.0 point of the best fine-tune"
 TIME_RATIO = 10.0  # "at <= 1/10 of its wall time"
@@ -276,11 +282,11 @@ def _cpus(results: dict[str, Any], task: str, regime: str, method: str) -> str:
     return " + ".join(sorted(found))
 
 
-def verdict_cache_vs_finetune(results: dict[str, Any], rows: dict,
-                              tasks: list[str]) -> list[str]:
+def verdict_cache_vs_finetune(results: dict[str, Any], rows: dict, tasks: list[str],
+                              label: str = "") -> list[str]:
     """Claim 3.1 (faster at equal accuracy) and the target (within 1.0 point at <= 1/10 of
     the time), best cache head vs best fine-tune per task at 100/class; the time ratio end to
-    end and without the test pass both need."""
+    end and without the test pass both need. ``label`` names the cells' grid."""
     lines, claim, target, train_target = [], [], [], []
     for task in tasks:
         head, ft = _best(rows, task, "100", CACHE_HEADS), _best(rows, task, "100", FINETUNES)
@@ -311,9 +317,10 @@ def verdict_cache_vs_finetune(results: dict[str, Any], rows: dict,
                      f"{_cpus(results, task, '100', ft[0])}).")
     (c_ok, c_note), (t_ok, t_note) = _overall(claim, tasks), _overall(target, tasks)
     tt_ok, tt_note = _overall(train_target, tasks)
-    return [f"Claim 3.1 (a head on cached features is faster at equal accuracy, 100/class): "
-            f"{_mark(c_ok)}{c_note}.",
-            f"Target: best cache head within {ACC_TOL:.1f} point of the best fine-tune at "
+    grid = f" ({label})" if label else ""
+    return [f"Claim 3.1 (a head on cached features is faster at equal accuracy, 100/class)"
+            f"{grid}: {_mark(c_ok)}{c_note}.",
+            f"Target{grid}: best cache head within {ACC_TOL:.1f} point of the best fine-tune at "
             f"<= 1/{TIME_RATIO:.0f} of its wall time on every task: {_mark(t_ok)}{t_note}. "
             f"Without the pass over the test split (which both need, and which at 1,000 "
             f"training images is most of a head's time): {_mark(tt_ok)}{tt_note}.",
@@ -337,9 +344,12 @@ def verdict_two_rates(rows: dict, tasks: list[str]) -> list[str]:
 
 
 # The cli-adapt cells run alone (``--results`` of a ``--methods cli-adapt`` run), per machine:
-# the 2-core machine kind was an AMD EPYC, later an Intel Xeon (docs/performance.md).
-QUIET_CLI = (("quiet, AMD EPYC", REPO / "benchmarks/results/adapt-cli-quiet.json"),
-             ("quiet, Intel Xeon", REPO / "benchmarks/results/adapt-cli-quiet-xeon.json"))
+# the 2-core machine kind was an AMD EPYC with AVX-512 BF16, then an Intel Xeon, then an AMD
+# EPYC with AVX2 only (docs/performance.md section 0).
+QUIET_CLI = (("quiet, AMD EPYC (AVX-512 BF16)", REPO / "benchmarks/results/adapt-cli-quiet.json"),
+             ("quiet, Intel Xeon", REPO / "benchmarks/results/adapt-cli-quiet-xeon.json"),
+             ("quiet, AMD EPYC (AVX2 only)",
+              REPO / "benchmarks/results/adapt-cli-quiet-epyc-avx2.json"))
 
 
 def _cli_cells(results: dict[str, Any], regime: str) -> list[tuple[str, dict[str, Any]]]:
@@ -390,10 +400,11 @@ def _setup(results: dict[str, Any]) -> list[Block]:
         f"{', '.join(map(str, seeds))} (the count per cell is n). Wall times include the "
         "feature pass of the regime (the trunk over its train and test images) for every cache "
         "head, as benchmarks/transfer.py counts them."), Paragraph(
-        f"Machine: {m['cpus']} CPU cores shared with other engineers' jobs, an AMD EPYC for "
-        "the cells of earlier sessions and an Intel Xeon without AMX from 2026-12-02 06:05 on "
-        "(each cell records its cpu): a bf16 matmul runs 2.3x fp32 on the first and 0.53x on the "
-        "second "
+        f"Machine: {m['cpus']} CPU cores shared with other engineers' jobs, an AMD EPYC with "
+        "AVX-512 BF16 for the cells of earlier sessions (their cpu reads 'AMD EPYC') and an "
+        "Intel Xeon without AMX from 2026-12-02 06:05 on (each cell records its cpu; the quiet "
+        "one-machine rerun further down ran on a third kind, an AMD EPYC with AVX2 only): a "
+        "bf16 matmul runs 2.3x fp32 on the first and 0.53x on the second "
         "(benchmarks/precision.py), and the fine-tunes autocast to bf16, so a fine-tune cell "
         "on the Xeon is slower than it was on the EPYC. Load average "
         f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f} over the cells (a quiet "
@@ -425,18 +436,55 @@ def _caches(results: dict[str, Any]) -> list[Block]:
                "100/class cache build s", "100/class rows sliced vs built directly"], body)]
 
 
+# Heads and fine-tunes rerun on one machine with nothing else running (``--results`` of the
+# commands in docs/results/adapt/report.md): the time target is judged by these cells.
+QUIET_GRID = ("quiet, one machine: AMD EPYC with AVX2 only, fp32",
+              REPO / "benchmarks/results/adapt-epyc-quiet.json")
+
+
+def quiet_grid() -> dict[str, Any] | None:
+    path = QUIET_GRID[1]
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def quiet_blocks(quiet: dict[str, Any]) -> list[Block]:
+    """The quiet one-machine cells: their table, load averages and commands."""
+    cells = quiet["cells"]
+    loads = [c["load_before"][0] for c in cells] + [c["load_after"][0] for c in cells]
+    precisions = sorted({c.get("precision", "fp32") for c in cells if "epoch_seconds" in c})
+    blocks = [Heading(f"Heads against fine-tunes, {QUIET_GRID[0]}"), Paragraph(
+        f"The same cells as above, rerun one at a time with nothing else on the machine (load "
+        f"average {min(loads, default=0):.1f}-{max(loads, default=0):.1f}, 2 threads; CPU "
+        f"{', '.join(sorted({c.get('cpu', '?') for c in cells}))}; fine-tunes in "
+        f"{'/'.join(precisions) or '—'}, which `--precision auto` picked: bf16 is emulated on "
+        "this CPU, 0.1x fp32's speed in EfficientNet-Lite0's step). The '-e' rows fine-tune "
+        "longer than the 5 epochs of the grid, to show where fine-tuning stops gaining; a "
+        "head's seconds include the feature pass over its 1,000 training and every test "
+        "image.")]
+    table = accuracy_table(quiet, "100")
+    if table is not None:
+        blocks.append(table)
+    blocks += [Paragraph("Commands:"), Bullets([f"`{c}`" for c in quiet["commands"]])]
+    return blocks
+
+
 def blocks_for(results: dict[str, Any], plots: dict[str, Path], base: Path) -> list[Block]:
     rows = _rows(results)
     tasks = [t for t in ("eurosat", "cifar10", "fashion-mnist") if t in _tasks(results)]
+    quiet = quiet_grid()
+    quiet_verdicts = [] if quiet is None else verdict_cache_vs_finetune(
+        quiet, _rows(quiet), [t for t in tasks if t in _tasks(quiet)], QUIET_GRID[0])
     blocks = _setup(results)
     blocks += [Heading("Verdicts"), Bullets(
-        verdict_multi_level(rows, tasks) + verdict_cache_vs_finetune(results, rows, tasks)
-        + verdict_two_rates(rows, tasks) + verdict_cli(results)), Paragraph(
-        f"Read the fine-tuning verdicts with their budget: {results['grid']['ft_epochs']} "
-        "epochs over 1,000 images on a contended CPU, one seed where n=1, no learning-rate "
-        "search. They say what fine-tuning reaches in a few CPU minutes, not what it reaches "
-        "trained to convergence; a one-seed difference of a few points is within what seeds "
-        "move a 1,000-image run.", emphasis=True)]
+        verdict_multi_level(rows, tasks)
+        + verdict_cache_vs_finetune(results, rows, tasks, "contended grid" if quiet else "")
+        + quiet_verdicts + verdict_two_rates(rows, tasks) + verdict_cli(results)), Paragraph(
+        f"Read the contended grid's fine-tuning verdicts with their budget: "
+        f"{results['grid']['ft_epochs']} epochs over 1,000 images on a contended CPU, one seed "
+        "where n=1, no learning-rate search. They say what fine-tuning reaches in a few CPU "
+        "minutes, not what it reaches trained to convergence; a one-seed difference of a few "
+        "points is within what seeds move a 1,000-image run. The quiet one-machine cells add "
+        "10 and 15 epochs (one seed): fine-tuning was still gaining at 15.", emphasis=True)]
     for regime, label in (("100", "100 training images per class"),
                           ("all", "All training images")):
         table = accuracy_table(results, regime)
@@ -445,6 +493,8 @@ def blocks_for(results: dict[str, Any], plots: dict[str, Path], base: Path) -> l
     if "accuracy" in plots:
         blocks.append(Image("Test accuracy per method and task",
                             str(plots["accuracy"].relative_to(base))))
+    if quiet is not None:
+        blocks += quiet_blocks(quiet)
     level = level_table(results)
     if level is not None:
         blocks += [Heading("Per-level probe (100/class)"), level]
@@ -521,9 +571,11 @@ def notes_blocks(results: dict[str, Any]) -> list[Block]:
     """How the cells were run, and what the numbers say should change in hfsnet."""
     items = [
         "Fine-tuning: AdamW, head lr 2e-3 (trunk 4e-4 with two rates, 2e-3 with one), "
-        f"one-cycle, batch 64, 4 px crops and flips, bf16, {results['grid']['ft_epochs']} "
-        "epochs on the 1,000 images; the 'fresh' head is the model's own (EfficientNet-Lite0's "
-        "default head reads all 8 levels, gap, 20,650 parameters); 'from the ridge head' "
+        "one-cycle, batch 64, 4 px crops and flips, bf16 (forced in this grid; the quiet "
+        "one-machine cells ran `--precision auto`, which picked fp32), "
+        f"{results['grid']['ft_epochs']} epochs on the 1,000 images (the '-e' rows: more); "
+        "the 'fresh' head is the model's own (EfficientNet-Lite0's default head reads all 8 "
+        "levels, gap, 20,650 parameters); 'from the ridge head' "
         "installs the ridge-all head first. The trunk's batch norms keep their ImageNet "
         "statistics (`--norm-stats frozen`, hfsnet's default); the `-batch` rows train them "
         "(`--norm-stats batch`). Fine-tune cells ran with OMP_NUM_THREADS=1, two processes "
