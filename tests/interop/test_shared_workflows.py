@@ -30,7 +30,7 @@ def test_finetune_a_shared_network(shared_run, tiny_folder, tmp_path, capsys):
     out = tmp_path / "tuned"
     assert main(["finetune", "--checkpoint", str(run), "--data", str(tiny_folder), "--out",
                  str(out), "--epochs", "1", "--batch-size", "16", "--precision", "fp32",
-                 "--freeze-epochs", "0", "--quiet", "--json"]) == 0
+                 "--freeze-epochs", "0", "--no-channels-last", "--quiet", "--json"]) == 0
     assert last_json(capsys)["test_acc"] > 0.6
 
 

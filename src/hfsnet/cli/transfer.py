@@ -135,7 +135,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 # The flags finetune shares with `hfsnet train` (its --head-lr stands for --lr).
 FINETUNE_CONFIG = ("epochs", "batch_size", "optimizer", "schedule", "weight_decay",
-                   "label_smoothing", "precision", "val_split", "crop_padding", "flip", "cutout")
+                   "label_smoothing", "precision", "channels_last", "val_split", "crop_padding",
+                   "flip", "cutout")
 # The cache's layout and trunk pass: flags of cache, fit-head and finetune (--head-init cache).
 CACHE_LAYOUT = ("levels", "pool", "rebuild", "precision", "batch_size")
 
