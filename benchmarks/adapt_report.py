@@ -594,6 +594,10 @@ def notes_blocks(results: dict[str, Any]) -> list[Block]:
         "transfer/subsets.py: few_shot replaced the data's mean and std by the subset's own, "
         "so few_shot(for_trunk(...)) dropped the trunk's normalisation; its docstring now says "
         "so and every caller applies for_trunk after it.",
+        "train/runtime.py: the grid's fine-tunes forced bf16, which on the AVX2-only EPYC ran "
+        "EfficientNet-Lite0's step at 6.8 img/s against 66 in fp32 (benchmarks/precision.py); "
+        "`--precision auto` timed a stand-in dense 3x3 convolution, which cannot tell a "
+        "depthwise net's cost. It now times the model's own step, and the grid runs auto.",
     ]
     fit2x2 = _mean_of(results, "fit_seconds", method="ridge-all-2x2", regime="100")
     if fit2x2 is not None:
