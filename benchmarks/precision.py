@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from hfsnet.models import create_model
-from hfsnet.train.runtime import autocast, bf16_step_ratio, cpu_description, resolve_precision
+from hfsnet.train.runtime import autocast, bf16_step_ratio, cpu_description, precision_for
 
 RESULTS = Path(__file__).resolve().parent / "results" / "precision.json"
 CPU = torch.device("cpu")
@@ -112,9 +112,7 @@ def main() -> None:
                        "fp32_median": statistics.median(r["fp32"]), "runs": r,
                        "bf16_over_fp32": statistics.median(r["bf16"]) / statistics.median(
                            r["fp32"]),
-                       "auto_probe_ratio": probe,
-                       "auto_picks": resolve_precision("auto", CPU, model, (3, side, side),
-                                                       channels_last=True)}
+                       "auto_probe_ratio": probe, "auto_picks": precision_for(probe)}
     for spec, s in steps.items():
         print(f"{spec}: bf16 {s['bf16_median']:.1f} img/s, fp32 {s['fp32_median']:.1f} img/s, "
               f"bf16 = {s['bf16_over_fp32']:.2f}x fp32; auto probe: bf16 step time = "

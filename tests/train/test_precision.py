@@ -132,3 +132,10 @@ def test_the_cpu_is_named_with_the_extensions_that_decide_bf16():
         "AMD EPYC (avx2)"
     assert cpu_description("model name\t: Old CPU\nflags\t\t: fpu sse2\n") == "Old CPU"
     assert cpu_description("") and "(" not in cpu_description("")  # the platform's name
+
+
+def test_the_probe_of_a_frozen_model_times_its_forward_alone():
+    model = net()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    assert math.isfinite(bf16_step_ratio(model, SHAPE))  # no "does not require grad" error

@@ -87,7 +87,11 @@ def resolve_precision(precision: str, device: torch.device, model: torch.nn.Modu
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    ratio = bf16_step_ratio(model, input_shape, channels_last=channels_last)
+    return precision_for(bf16_step_ratio(model, input_shape, channels_last=channels_last))
+
+
+def precision_for(ratio: float) -> str:
+    """The precision ``auto`` takes for a measured bf16/fp32 step-time ``ratio``."""
     return "bf16" if ratio <= BF16_GAIN else "fp32"
 
 
@@ -111,7 +115,8 @@ def bf16_step_ratio(model: torch.nn.Module, input_shape: Sequence[int], *,
         start = time.perf_counter()
         with autocast(torch.device("cpu"), precision):
             out = model(x)
-        out.float().sum().backward()
+        if out.requires_grad:  # a model with every parameter frozen has no backward to time
+            out.float().sum().backward()
         return time.perf_counter() - start
 
     try:
