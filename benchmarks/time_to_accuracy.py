@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/time_to_accuracy.py [--presets airbench94,fast,fast-long]
         [--peer airbench94] [--seeds 0,1,2,3,4] [--epochs N] [--threads N]
         [--device auto|cpu|cuda] [--data PATH] [--append] [--train-args "--precision fp32"]
+        [--final-only]
 
 Every (preset, seed) is one ``hfsnet train --recipe PRESET --seed SEED`` process (the decode
 cache is filled first, so no run pays for JPEG decoding), with the test set evaluated after
@@ -13,7 +14,12 @@ times itself (``airbench94_muon.py`` stops its clock for its per-epoch evaluatio
 process wall time is recorded beside them. The per-epoch test passes use the recipes' test-time
 augmentation, so the wall times are longer than those of plain runs.
 
-Reported per preset: each threshold's median seconds to reach it (over the seeds that did) and
+With ``--final-only`` the runs test only at the end, as the recipes do, and the wall time is a
+user's: process start to printed accuracy. The rung targets (``RUNGS``) are judged on such runs;
+each row is labelled by its preset and what the invocation changed (``--epochs``,
+``--train-args``, final only), and the summary groups rows by that label.
+
+Reported per variant: each threshold's median seconds to reach it (over the seeds that did) and
 how many seeds did; against ``--peer``: the ratio of those medians (preset / peer: below 1 is
 faster) and the accuracy at equal time, the preset's at the peer's median training time and the
 peer's at the preset's (the accuracy after the last epoch finished within that time). The
@@ -45,6 +51,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "time_to_accuracy.json"
 RUNS = ROOT / "runs" / "time_to_accuracy"
 DEFAULT_DATA = "../shared/datasets/cifar10-jpg.tar.gz"
 THRESHOLDS = (0.80, 0.85, 0.90, 0.93)
+# Issue 16's rungs: (test accuracy, wall seconds from process start to printed accuracy), judged
+# on runs that test only at the end (--final-only), as a user runs them. The top rung (>= 92% in
+# <= 20 min) joins when a recipe for it exists.
+RUNGS = {"fast": (0.87, 300), "fast-long": (0.905, 720)}
 
 Curve = list[tuple[float, float]]  # (cumulative training seconds, test accuracy) per epoch
 
@@ -75,15 +85,34 @@ def acc_at(curve: Curve, seconds: float) -> float | None:
     return done[-1] if done else None
 
 
+def label(preset: str, args: argparse.Namespace) -> str:
+    """The row's variant: the preset and whatever the invocation changed in it."""
+    extra = ([f"--epochs {args.epochs}"] if args.epochs else []) + (
+        [args.train_args] if args.train_args else []) + (["[final only]"] if args.final_only
+                                                          else [])
+    return " ".join([preset, *extra])
+
+
+def verdict(name: str, s: dict[str, object]) -> str | None:
+    """The rung's target against the final-only runs' wall times: how many seeds met both."""
+    if name not in RUNGS or not s["final_only_runs"]:
+        return None
+    acc, seconds = RUNGS[name]
+    return (f"target >= {100 * acc:.1f}% in <= {seconds} s wall: met by {s['met']}/"
+            f"{s['final_only_runs']}")
+
+
 def run_once(preset: str, seed: int, args: argparse.Namespace) -> dict[str, object]:
     """One timed training process; returns its row of the table."""
     out = RUNS / f"{preset}-seed{seed}"
-    curves = RUNS / "track_test.json"
-    curves.parent.mkdir(parents=True, exist_ok=True)
-    curves.write_text(json.dumps({"track_test": True}))
     command = [sys.executable, "-m", "hfsnet", "train", "--recipe", preset, "--seed", str(seed),
-               "--config", str(curves), "--data", args.data, "--out", str(out), "--overwrite",
+               "--data", args.data, "--out", str(out), "--overwrite",
                "--device", args.device, "--json", "--quiet"]
+    if not args.final_only:
+        curves = RUNS / "track_test.json"
+        curves.parent.mkdir(parents=True, exist_ok=True)
+        curves.write_text(json.dumps({"track_test": True}))
+        command += ["--config", str(curves)]
     if args.epochs:
         command += ["--epochs", str(args.epochs)]
     command += shlex.split(args.train_args)
@@ -97,12 +126,23 @@ def run_once(preset: str, seed: int, args: argparse.Namespace) -> dict[str, obje
     if done.returncode:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    curve = read_curve(out)
-    return {"preset": preset, "seed": seed, "train_args": args.train_args,
-            "epochs": result["epochs"], "wall_seconds": wall,
+    # A run that tests only at the end leaves one point: its final accuracy.
+    curve = read_curve(out) or [(result["train_seconds"], result["test_acc"])]
+    return {"preset": preset, "label": label(preset, args), "seed": seed,
+            "train_args": args.train_args,
+            "final_only": args.final_only, "epochs": result["epochs"], "wall_seconds": wall,
             "train_seconds": result["train_seconds"], "test_acc": result["test_acc"],
             "images_per_second": result["images_per_second"], "load_before": load,
             "curve": curve, **{key(t): time_to(curve, t) for t in THRESHOLDS}}
+
+
+def row_label(row: dict[str, object]) -> str:
+    return row.get("label", row["preset"])
+
+
+def recipe_of(rows: list[dict[str, object]], name: str) -> str:
+    """The recipe behind a variant's label."""
+    return next(r["preset"] for r in rows if row_label(r) == name)
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -114,11 +154,17 @@ def summarize(rows: list[dict[str, object]]) -> dict[str, dict[str, object]]:
     """Per preset: accuracy min/median/mean/max, median wall and training seconds, and per
     threshold the seeds that reached it and their median seconds to it."""
     out = {}
-    for preset in dict.fromkeys(r["preset"] for r in rows):
-        mine = [r for r in rows if r["preset"] == preset]
+    for name in dict.fromkeys(row_label(r) for r in rows):
+        mine = [r for r in rows if row_label(r) == name]
         accs = [r["test_acc"] for r in mine]
-        out[preset] = {
-            "runs": len(mine), "acc_min": min(accs), "acc_median": statistics.median(accs),
+        plain = [r for r in mine if r.get("final_only")]  # all or none: the label says which
+        target = RUNGS.get(mine[0]["preset"])
+        out[name] = {
+            "runs": len(mine), "final_only_runs": len(plain),
+            "met": None if target is None else sum(
+                r["test_acc"] >= target[0] and r["wall_seconds"] <= target[1] for r in plain),
+            "acc_sd": statistics.stdev(accs) if len(accs) > 1 else None,
+            "acc_min": min(accs), "acc_median": statistics.median(accs),
             "acc_mean": statistics.fmean(accs), "acc_max": max(accs),
             "wall_median": statistics.median(r["wall_seconds"] for r in mine),
             "train_median": statistics.median(r["train_seconds"] for r in mine),
@@ -135,12 +181,12 @@ def against_peer(rows: list[dict[str, object]], summary: dict[str, dict[str, obj
     reached) and the accuracy at equal time, medians over seeds."""
     if peer not in summary:
         return {}
-    peer_rows = [r for r in rows if r["preset"] == peer]
+    peer_rows = [r for r in rows if row_label(r) == peer]
     out = {}
     for preset, s in summary.items():
         if preset == peer:
             continue
-        mine = [r for r in rows if r["preset"] == preset]
+        mine = [r for r in rows if row_label(r) == preset]
         ratios = {}
         for t in THRESHOLDS:
             ours, theirs = s[key(t)], summary[peer][key(t)]
@@ -167,10 +213,10 @@ def _percent(fraction: float | None) -> str:
 def print_table(rows: list[dict[str, object]], summary: dict[str, dict[str, object]],
                 versus: dict[str, dict[str, object]], peer: str) -> None:
     names = [f"t{round(100 * t)}%" for t in THRESHOLDS]
-    print(f"{'preset':>10} {'seed':>4} {'epochs':>6} {'wall s':>7} {'train s':>7} "
+    print(f"{'variant':>10} {'seed':>4} {'epochs':>6} {'wall s':>7} {'train s':>7} "
           f"{'test acc':>8} " + " ".join(f"{n:>6}" for n in names) + f" {'load':>5}")
     for r in rows:
-        print(f"{r['preset']:>10} {r['seed']:>4} {r['epochs']:>6} {r['wall_seconds']:>7.1f} "
+        print(f"{row_label(r):>10} {r['seed']:>4} {r['epochs']:>6} {r['wall_seconds']:>7.1f} "
               f"{r['train_seconds']:>7.1f} {100 * r['test_acc']:>7.2f}% "
               + " ".join(f"{_cell(r[key(t)], '.0f'):>6}" for t in THRESHOLDS)
               + f" {r['load_before']:>5.1f}")
@@ -182,6 +228,9 @@ def print_table(rows: list[dict[str, object]], summary: dict[str, dict[str, obje
               f"{100 * s['acc_median']:.2f} mean {100 * s['acc_mean']:.2f} max "
               f"{100 * s['acc_max']:.2f}; median training {s['train_median']:.0f}s, wall "
               f"{s['wall_median']:.0f}s; seeds reaching {reached}")
+        rung = verdict(recipe_of(rows, preset), s)
+        if rung:
+            print(f"{preset}: {rung}")
     for preset, v in versus.items():
         ratios = ", ".join(f"{round(100 * t)}%: {_cell(v[f'ratio_to_{round(100 * t)}'], '.2f')}"
                            for t in THRESHOLDS)
@@ -202,6 +251,9 @@ def main() -> None:
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--train-args", default="",
                         help="more `hfsnet train` flags for every run, e.g. '--precision fp32'")
+    parser.add_argument("--final-only", action="store_true",
+                        help="test only at the end, as the recipe does: the wall time is then "
+                             "the user's, process start to printed accuracy (the rung targets)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--append", action="store_true",
                         help="keep the rows already in --results (a rerun replaces its own)")
@@ -212,7 +264,7 @@ def main() -> None:
     for preset in args.presets.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             row = run_once(preset, seed, args)
-            rows = [r for r in rows if (r["preset"], r["seed"]) != (preset, seed)] + [row]
+            rows = [r for r in rows if (row_label(r), r["seed"]) != (row["label"], seed)] + [row]
             print(json.dumps(row), flush=True)
     summary = summarize(rows)
     versus = against_peer(rows, summary, args.peer)
