@@ -58,11 +58,6 @@ class TrainConfig:
                             "failing")
     recipe: str = option("default", flag=False)  # its own flag: it picks the defaults
     epochs: int = option(3, check=at_least(1), help="passes over the training set")
-    time_budget: float | None = option(
-        None, check=above(0), metavar="SECONDS",
-        help="size the run to about this many seconds of training steps: a step of the run's "
-        "own model and batch is timed before training and --epochs replaced by the whole "
-        "epochs that fit (printed, and recorded in the run)")
     batch_size: int = option(64, check=at_least(1), help="images per optimizer step")
     eval_batch_size: int = option(500, check=at_least(1), flag=False)
     optimizer: str = option("adamw", choices=OPTIMIZERS)
@@ -237,9 +232,6 @@ _AIR: dict[str, Any] = {
 # quiet 2-core CPU (docs/performance.md): with 6 views, fast's 5 seeds reached 85.9-86.4% in
 # 274-304 s; the same checkpoints score 0.25 points less with the mirror alone, which saves about
 # 10 s of a run that has no more to spare. fast-long: 89.0% in 812 s.
-# fast keeps 7 epochs rather than a --time-budget, so it trains the same model on every machine:
-# 7 epochs took 158 s of training on the AMX Xeon and ~500 s on the Xeon without AMX, where a
-# 270 s budget would leave 3 epochs (benchmarks/time_to_accuracy.py, docs/performance.md 5b).
 RECIPES["fast"] = {**_AIR, "model": "hfs-air-s", "epochs": 7, "eval_batch_size": 250}
 RECIPES["fast-long"] = {**_AIR, "model": "hfs-air-m", "epochs": 14, "eval_batch_size": 250,
                         "tta_translate": True}

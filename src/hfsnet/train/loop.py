@@ -48,12 +48,10 @@ from hfsnet.train.rundir import (
 from hfsnet.train.runtime import (
     autocast,
     cpu_description,
-    epochs_for_budget,
     resolve_device,
     resolve_precision,
     rng_state,
     set_rng_state,
-    train_step_seconds,
 )
 from hfsnet.train.schedule import lr_factor
 from hfsnet.train.signals import GracefulStop
@@ -79,9 +77,6 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     # What ran: the resolved precision, threads and CPU, so a time can be read for its machine.
     machine: dict[str, Any] = field(default_factory=dict)
-    # --time-budget's measurement (seconds, step_seconds, steps_per_epoch, epochs); None without
-    # a budget, and in a resumed run, whose config already holds the epochs.
-    budget: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -190,14 +185,6 @@ class Trainer:
                                   drop_last=len(data.train) > config.batch_size,
                                   device=self.device, channels_last=config.channels_last,
                                   rank=self.dist.rank, world_size=self.dist.world_size)
-        # What --time-budget measured, or None. Sized once, here: the run and every checkpoint
-        # record the epochs and no budget, so a resume repeats them exactly.
-        self.budget: dict[str, float] | None = None
-        if config.time_budget is not None:
-            sized = self._size_to_budget(config, progress) if self.dist.is_main else None
-            self.budget = agree(sized, self.dist)
-            self.config = config = dataclasses.replace(config, epochs=int(self.budget["epochs"]),
-                                                       time_budget=None)
         self.total_steps = config.epochs * len(self.loader)
         self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
         self.lookahead = (Lookahead(self.model, config.lookahead_every, self.total_steps)
@@ -223,19 +210,6 @@ class Trainer:
         self._lock = RunLock(out_dir)
         self._claimed = False  # whether this run has written to out_dir yet
         self._files_at_start = run_files(out_dir)
-
-    def _size_to_budget(self, config: TrainConfig, progress: bool) -> dict[str, float]:
-        """Time one step at this rank's batch and fit whole epochs into ``config.time_budget``."""
-        batch = (config.batch_size // self.dist.world_size, self.data.in_channels,
-                 *self.data.image_size)
-        step = train_step_seconds(self.model, batch, self.data.num_classes, self.device,
-                                  config.precision, channels_last=config.channels_last)
-        epochs = epochs_for_budget(config.time_budget, step, len(self.loader))
-        if progress:
-            print(f"--time-budget {config.time_budget:g} s: a step of {batch[0]} images takes "
-                  f"{step:.3f} s, {len(self.loader)} steps an epoch: {epochs} epochs", flush=True)
-        return {"seconds": config.time_budget, "step_seconds": step,
-                "steps_per_epoch": len(self.loader), "epochs": epochs}
 
     @property
     def global_step(self) -> int:
@@ -523,7 +497,7 @@ class Trainer:
             out_dir=str(self.out_dir), test_acc=last["test_acc"], test_loss=last["test_loss"],
             params=count_params(self.model), train_seconds=train_seconds,
             images_per_second=images / max(1e-9, train_seconds), epochs=self.epoch,
-            history=self.history, machine=self._machine(), budget=self.budget,
+            history=self.history, machine=self._machine(),
         )
         if self.dist.is_main:
             atomic_write_bytes(self.out_dir / "result.json",

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import copy as copy_lib
 import json
 import platform
 import random
-import statistics
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -132,61 +130,6 @@ def bf16_step_ratio(model: torch.nn.Module, input_shape: Sequence[int], *,
         for param, grad in zip(params, grads, strict=True):
             param.grad = grad
         model.train(was_training)
-
-
-# train_step_seconds: steps thrown away, then steps whose median is the answer.
-WARMUP_STEPS = 4
-TIMED_STEPS = 3
-
-
-def train_step_seconds(model: torch.nn.Module, batch_shape: Sequence[int], num_classes: int,
-                       device: torch.device, precision: str, *,
-                       channels_last: bool = False) -> float:
-    """Seconds of one forward + backward of a copy of ``model`` in training mode on a random
-    batch of ``batch_shape`` (images, channels, height, width): what a training step of that
-    batch costs, less the optimizer and batch preparation (under 2% of the ``fast`` step in
-    docs/performance.md section 2). ``model`` itself is untouched.
-
-    The median of three steps after four warm-ups: the first steps of a fresh process run slow
-    while oneDNN picks kernels and the allocator grows, and single steps on a shared 2-core
-    machine vary by 30%. hfs-air-s at batch 1024, fp32, Xeon without AMX: 5.32, 1.26, 1.75, 1.24,
-    then 1.71, 1.16, 1.15 s, against a median of 1.15 s for the run's own steps (two warm-ups
-    read 1.71 s; one warm-up read 0.81 s against 0.46 s on the AMX Xeon)."""
-    copy = copy_module(model).train()
-    generator = torch.Generator().manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(*batch_shape, generator=generator).to(device, memory_format=fmt)
-    y = torch.randint(num_classes, (batch_shape[0],), generator=generator).to(device)
-
-    def step() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        with autocast(device, precision):
-            logits = copy(x)
-        if logits.requires_grad:
-            torch.nn.functional.cross_entropy(logits.float(), y).backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
-    for _ in range(WARMUP_STEPS):
-        step()
-    return statistics.median(step() for _ in range(TIMED_STEPS))
-
-
-def copy_module(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of ``model`` with no gradients attached (the copy's own are fresh)."""
-    copy = copy_lib.deepcopy(model)
-    for param in copy.parameters():
-        param.grad = None
-    return copy
-
-
-def epochs_for_budget(budget_seconds: float, step_seconds: float, steps_per_epoch: int) -> int:
-    """The most whole epochs of ``steps_per_epoch`` steps of ``step_seconds`` that fit in
-    ``budget_seconds``; at least one."""
-    return max(1, int(budget_seconds // (step_seconds * steps_per_epoch)))
 
 
 def seed_everything(seed: int) -> None:
