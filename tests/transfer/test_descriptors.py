@@ -9,9 +9,17 @@ import torch.nn.functional as F
 from hfsnet.models.head import LevelHead
 from hfsnet.models.level_head import install_head
 from hfsnet.train.checkpoint import load_checkpoint, save_checkpoint
+from hfsnet.transfer import ridge
 from hfsnet.transfer.descriptors import build_transform, keep_budget, projection
 from hfsnet.transfer.errors import CacheError
-from hfsnet.transfer.ridge import accumulate, feature_scale, fit_ridge, loo_predictions, strength
+from hfsnet.transfer.ridge import (
+    accumulate,
+    feature_scale,
+    fit_ridge,
+    holdout_mask,
+    loo_predictions,
+    strength,
+)
 from tests.helpers import tiny_hfs
 from tests.transfer.test_ridge import problem
 
@@ -20,21 +28,32 @@ META = {"classes": ["a", "b", "c"], "in_channels": 3, "image_size": [16, 16],
 WIDTH = 8 + 16  # tiny_hfs: gap over stages of 8 and 16 channels
 
 
-def brute_force_loo(x, labels, k, alpha):
-    """Refit without each row in turn (same column scale and strength as the fit on all rows,
-    unpenalised intercept) and predict the row left out."""
+def brute_force_loo(x, labels, k, alpha, views=1):
+    """Refit without each image in turn (its ``views`` rows i, m + i, ..., m = n / views; same
+    column scale and strength as the fit on all rows, unpenalised intercept) and predict the
+    rows left out."""
     scale = x.std(0)
     z = x / scale
     centred = z - z.mean(0)
     lam = alpha * np.trace(centred.T @ centred) / z.shape[1]
     y = np.eye(k)[labels]
     out = np.zeros((len(x), k))
-    for i in range(len(x)):
-        rest = np.arange(len(x)) != i
+    images = len(x) // views
+    for i in range(images):
+        out_rows = np.arange(len(x)) % images == i
+        rest = ~out_rows
         zc, yc = z[rest] - z[rest].mean(0), y[rest] - y[rest].mean(0)
         coef = np.linalg.solve(zc.T @ zc + lam * np.eye(z.shape[1]), zc.T @ yc)
-        out[i] = (z[i] - z[rest].mean(0)) @ coef + y[rest].mean(0)
+        out[out_rows] = (z[out_rows] - z[rest].mean(0)) @ coef + y[rest].mean(0)
     return out
+
+
+def viewed(n, d, views, seed):
+    """``views`` noisy copies of each of ``n`` images' rows, view-major, and their labels."""
+    x, y = problem(n=n, d=d, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    copies = [x.astype(np.float64) + rng.normal(0, 0.3, x.shape) for _ in range(views)]
+    return np.concatenate(copies), np.tile(y, views)
 
 
 def test_loo_predictions_equal_brute_force_leave_one_out():
@@ -48,6 +67,38 @@ def test_loo_predictions_equal_brute_force_leave_one_out():
         np.testing.assert_allclose(scores[alpha].numpy(), brute_force_loo(x, y, 3, alpha),
                                    rtol=1e-9, atol=1e-10)
         assert strength(gram, alpha) > 0
+
+
+@pytest.mark.parametrize("dual", [False, True])
+def test_with_views_whole_images_are_left_out_exactly(monkeypatch, dual):
+    x, y = viewed(n=20, d=6 if not dual else 90, views=3, seed=5)
+    monkeypatch.setattr(ridge, "use_dual", lambda n, d: dual)
+    every, _ = accumulate(x, y, 3, np.zeros(len(x), dtype=bool), chunk=7)
+    alphas = [1e-2, 1.0]
+    rows = ridge.as_rows(x)
+    problem_ = ridge._Problem(rows, y, 3, feature_scale(every), 7, dual, views=3)
+    scores = problem_.loo(problem_.spectrum(every, np.arange(len(x))), alphas)
+    for alpha in alphas:
+        expected = brute_force_loo(x, y, 3, alpha, views=3)
+        np.testing.assert_allclose(scores[alpha].numpy(), expected, rtol=1e-8, atol=1e-9)
+        # leaving one row out is a different (more optimistic) prediction
+        assert not np.allclose(expected, brute_force_loo(x, y, 3, alpha), atol=1e-3)
+
+
+def test_with_views_the_holdout_takes_whole_images(monkeypatch):
+    x, y = viewed(n=30, d=5, views=2, seed=6)
+    masks = []
+
+    def spy(features, labels, k, mask, chunk=ridge.CHUNK):
+        masks.append(mask.copy())
+        return accumulate(features, labels, k, mask, chunk)
+    monkeypatch.setattr(ridge, "accumulate", spy)
+    fit_ridge(x, y, 3, alphas=[0.1, 10.0], holdout=0.2, seed=3, views=2)
+    by_view = masks[0].reshape(2, 30)
+    assert np.array_equal(by_view[0], by_view[1])  # both views of an image, or neither
+    assert np.array_equal(by_view[0], holdout_mask(30, 0.2, 3)) and by_view[0].sum() == 6
+    with pytest.raises(CacheError, match="not 4 views"):
+        fit_ridge(x[:-2], y[:-2], 3, views=4)
 
 
 def test_loo_alpha_is_the_best_brute_force_loo_accuracy():
