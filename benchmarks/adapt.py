@@ -7,6 +7,8 @@ style, drawn by ``few_shot`` with the seed) and every training image (``all``); 
 split always. Methods (a cell is task x regime x method x seed):
 
     cli-adapt        ``hfsnet adapt`` itself as a subprocess, timed from process start to exit
+    cli-adapt-dihedral, cli-adapt-dihedral-expand   the same with ``--train-views dihedral``
+                     (8 fixed flips and turns of every training image), and ``--expand 2048``
     logreg-last      multinomial logistic regression (torch LBFGS on standardised columns, L2
                      strength chosen on a 10% holdout) on the last level, global-average-pooled
     ridge-last       ridge on the last level (gap)
@@ -205,6 +207,10 @@ class CacheView:
     @property
     def width(self) -> int:
         return int(self.train_x.shape[1])
+
+    @property
+    def views(self) -> int:
+        return 1  # one row per training image: the grid caches no --train-views
 
 
 def level_columns(channels: Sequence[int], levels: Sequence[int], pool: str) -> np.ndarray:
@@ -427,11 +433,18 @@ def scratch_cell(task: str, regime: str, seed: int, data: DataSplits,
             "model": config.model, "recipe": "fast"}
 
 
-def cli_adapt_cell(task: str, regime: str, seed: int, work: Path) -> dict[str, Any]:
+# The ``hfsnet adapt`` cells: method -> the flags added to the plain command.
+CLI_ADAPT = {"cli-adapt": [], "cli-adapt-dihedral": ["--train-views", "dihedral"],
+             "cli-adapt-dihedral-expand": ["--train-views", "dihedral", "--expand", "2048"]}
+
+
+def cli_adapt_cell(method: str, task: str, regime: str, seed: int,
+                   work: Path) -> dict[str, Any]:
     """``hfsnet adapt`` as a user runs it, timed from process start to exit."""
-    out = work / "cli" / f"{task}-{regime}-{seed}"
+    out = work / "cli" / f"{task}-{regime}-{seed}{method.removeprefix('cli-adapt')}"
     command = [".venv/bin/hfsnet", "adapt", "--model", MODEL, "--data", TASKS[task]["spec"],
-               "--out", str(out), "--overwrite", "--seed", str(seed), "--json"]
+               "--out", str(out), "--overwrite", "--seed", str(seed), *CLI_ADAPT[method],
+               "--json"]
     if regime != "all":
         command[-1:-1] = ["--per-class", str(PER_CLASS)]
     done, seconds = timed(lambda: subprocess.run(command, cwd=REPO, capture_output=True,
@@ -490,8 +503,8 @@ class TaskState:
 
 def run_cell(state: TaskState, regime: str, method: str, seed: int) -> dict[str, Any]:
     out = state.work / "runs" / f"{state.task}-{regime}-{method}-{seed}"
-    if method == "cli-adapt":
-        return cli_adapt_cell(state.task, regime, seed, state.work)
+    if method in CLI_ADAPT:
+        return cli_adapt_cell(method, state.task, regime, seed, state.work)
     if method == "logreg-last":
         return logreg_cell(regime, seed, state.cache)
     if method in HEADS or method.startswith("level-"):

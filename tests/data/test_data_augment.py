@@ -7,7 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from hfsnet.data import AugmentConfig
-from hfsnet.data.augment import augment, cutout, flip_mask, random_crop, random_flip
+from hfsnet.data.augment import (
+    augment,
+    cutout,
+    flip_mask,
+    random_crop,
+    random_flip,
+    train_views,
+    view_count,
+)
+from hfsnet.data.errors import DataError
 
 
 def gen(seed: int) -> torch.Generator:
@@ -93,3 +102,25 @@ def test_config_switches_each_step() -> None:
     assert torch.equal(augment(x, AugmentConfig(crop_padding=0, flip=False, cutout=0), gen(0)), x)
     assert torch.equal(augment(x, AugmentConfig(crop_padding=0, flip=True, cutout=0), gen(4)),
                        random_flip(x, gen(4)))
+
+
+def test_train_views_are_the_flips_and_quarter_turns_view_major():
+    images = torch.randint(0, 256, (3, 2, 5, 5), dtype=torch.uint8)
+    flipped = train_views(images, "flip")
+    assert flipped.shape == (6, 2, 5, 5) and flipped.is_contiguous()
+    assert torch.equal(flipped[:3], images) and torch.equal(flipped[3:], images.flip(-1))
+    assert torch.equal(train_views(images, "none"), images)
+    every = train_views(images, "dihedral").reshape(8, 3, 2, 5, 5)
+    # the 8 symmetries of the square: distinct, and they include each quarter turn
+    assert len({every[v].numpy().tobytes() for v in range(8)}) == 8
+    for turns in range(4):
+        turned = torch.rot90(images, turns, dims=(-2, -1))
+        assert any(torch.equal(turned, every[v]) for v in range(8))
+    assert view_count("dihedral") == 8 and view_count("none") == 1
+
+
+def test_quarter_turns_of_a_non_square_image_are_refused():
+    images = torch.zeros(2, 3, 4, 6, dtype=torch.uint8)
+    assert train_views(images, "flip").shape == (4, 3, 4, 6)
+    with pytest.raises(DataError, match="--train-views dihedral: .*square images, got 4x6"):
+        train_views(images, "dihedral")

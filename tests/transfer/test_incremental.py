@@ -136,3 +136,18 @@ def test_an_sgd_head_writes_no_statistics(source_run, make_image_folder, tmp_pat
     fit(source_run, old, tmp_path / "run", capsys, "--method", "sgd", "--epochs", "2",
         "--normalize", "center-l2")
     assert not (tmp_path / "run" / STATS_NAME).exists()
+
+
+def test_add_gives_the_new_images_the_views_of_the_first_fit(source_run, make_image_folder,
+                                                             tmp_path, capsys):
+    old = make_image_folder(tmp_path / "old", classes=("a", "b"), per_class=(10, 4), seed=5)
+    new = make_image_folder(tmp_path / "new", classes=("b", "c"), per_class=(6, 4), seed=6)
+    first = fit(source_run, old, tmp_path / "run", capsys, "--train-views", "flip")
+    assert len(open_cache(Path(first["cache_path"])).labels("train")) == 40  # 20 images x 2
+    added = add(tmp_path / "run", new, tmp_path / "added", capsys)
+    assert added["details"]["added_rows"] == 24 and added["details"]["rows"] == 64
+    assert open_cache(Path(added["cache_path"])).views == 2
+    assert_refit_on_all_rows(first, added, tmp_path / "added", ["a", "b", "c"])
+    assert main(["fit-head", "--checkpoint", str(tmp_path / "run"), "--add", str(new), "--out",
+                 str(tmp_path / "again"), "--train-views", "none"]) == 2
+    assert "drop --train-views" in capsys.readouterr().err

@@ -199,3 +199,20 @@ def test_manifest_records_key_and_checksums(tmp_path):
     assert set(manifest["key"]) == {"trunk", "data", "preprocessing", "levels", "pool"}
     assert manifest["key"]["preprocessing"]["precision"] == "fp32"
     assert len(manifest["arrays"]["test_features"]["sha256"]) == 64
+
+
+def test_train_views_cache_every_view_of_the_training_images_only(tmp_path):
+    model, data = small_model(), synthetic_data()
+    plain = get_cache(tmp_path, model, data, spec()).cache
+    viewed = get_cache(tmp_path, model, data, spec(train_views="flip")).cache
+    assert viewed.path != plain.path and (viewed.views, plain.views) == (2, 1)
+    assert "train_views" not in plain.key["preprocessing"]  # older caches keep their key
+    train = viewed.features("train").astype(np.float32)
+    assert train.shape == (60, plain.width)
+    np.testing.assert_array_equal(train[:30], plain.features("train"))
+    with torch.no_grad():
+        x = normalize(data.train.images.flip(-1), (0.5,) * 3, (0.25,) * 3)
+        mirrored = pool_levels(model.forward_features(x), [1, 2, 3], "gap").numpy()
+    np.testing.assert_allclose(train[30:], mirrored, rtol=2e-3, atol=1e-4)
+    np.testing.assert_array_equal(viewed.labels("train"), np.tile(data.train.labels, 2))
+    np.testing.assert_array_equal(viewed.features("test"), plain.features("test"))

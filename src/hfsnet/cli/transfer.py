@@ -74,7 +74,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 # HeadOptions that --add takes from the earlier fit instead of the flags.
 FIXED_BY_ADD = ("method", "levels", "pool", "hidden", "holdout", "normalize", "select", "expand",
-                "expand_input", "alpha_select")
+                "expand_input", "alpha_select", "train_views")
 
 
 def cmd_fit_head(args: argparse.Namespace) -> int:
@@ -138,7 +138,7 @@ FINETUNE_CONFIG = ("epochs", "batch_size", "optimizer", "schedule", "weight_deca
                    "label_smoothing", "precision", "channels_last", "val_split", "crop_padding",
                    "flip", "cutout")
 # The cache's layout and trunk pass: flags of cache, fit-head and finetune (--head-init cache).
-CACHE_LAYOUT = ("levels", "pool", "rebuild", "precision", "batch_size")
+CACHE_LAYOUT = ("levels", "pool", "rebuild", "precision", "batch_size", "train_views")
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from hfsnet.data.errors import DataError
+
 
 @dataclass
 class AugmentConfig:
@@ -84,3 +86,42 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
 def _draw(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Random values drawn on the CPU, moved to the device of ``like``."""
     return values.to(like.device)
+
+
+# Fixed copies of every training image for a feature cache (``--train-views``): "flip" adds the
+# mirror, "dihedral" the 8 flips and quarter turns, for images with no up or left (satellite,
+# microscopy). Quarter turns swap height and width, so they need square images.
+VIEW_TRANSFORMS = {
+    "none": ("identity",),
+    "flip": ("identity", "mirror"),
+    "dihedral": ("identity", "mirror", "flip", "turn180", "transpose", "turn90", "turn270",
+                 "antitranspose"),
+}
+
+
+def _view(x: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "identity":
+        return x
+    if name == "mirror":
+        return x.flip(-1)
+    if name == "flip":
+        return x.flip(-2)
+    if name == "turn180":
+        return x.flip(-2, -1)
+    t = x.transpose(-2, -1)
+    return {"transpose": t, "turn90": t.flip(-1), "turn270": t.flip(-2),
+            "antitranspose": t.flip(-2, -1)}[name]
+
+
+def view_count(views: str) -> int:
+    return len(VIEW_TRANSFORMS[views])
+
+
+def train_views(images: torch.Tensor, views: str) -> torch.Tensor:
+    """``images`` (N x C x H x W) under every transform of ``views``, view-major: row
+    ``v * N + i`` is image ``i`` under transform ``v``, so rows ``i, N + i, ...`` are one image."""
+    names = VIEW_TRANSFORMS[views]
+    if len(names) > 2 and images.shape[-1] != images.shape[-2]:
+        raise DataError(f"--train-views {views}: quarter turns need square images, got "
+                         f"{images.shape[-2]}x{images.shape[-1]}")
+    return torch.cat([_view(images, name).contiguous() for name in names])

@@ -16,6 +16,7 @@ import torch
 from numpy.lib.format import open_memmap
 
 from hfsnet.data import BatchLoader, DataSplits, ImageSet
+from hfsnet.data.augment import train_views, view_count
 from hfsnet.fsutil import tensor_digest
 from hfsnet.models import FeatureClassifier
 from hfsnet.models.head import level_widths, pool_levels
@@ -49,6 +50,7 @@ class CacheSpec:
     batch_size: int = 500
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: bool = False  # a progress line on stderr per split (not part of the cache key)
+    train_views: str = "none"  # fixed copies of every training image (VIEW_TRANSFORMS)
 
 
 @dataclass
@@ -79,6 +81,8 @@ def cache_key(model: FeatureClassifier, data: DataSplits, spec: CacheSpec) -> Ca
     preprocessing = {"mean": list(spec.mean), "std": list(spec.std),
                      "image_size": list(data.image_size), "in_channels": data.in_channels,
                      "precision": spec.precision, "mode": "eval, no augmentation"}
+    if spec.train_views != "none":  # absent otherwise, so caches built before it keep their key
+        preprocessing["train_views"] = spec.train_views
     return CacheKey(trunk={"model": name, "options": options, "weights": weights_digest(model)},
                     data=data_digest(data), preprocessing=preprocessing,
                     levels=list(spec.levels), pool=spec.pool)
@@ -111,6 +115,14 @@ def extract(model: FeatureClassifier, images: ImageSet, features: np.ndarray,
     progress.close()
 
 
+def with_views(images: ImageSet, views: str) -> ImageSet:
+    """``images`` with every transform of ``views`` (view-major rows, see :func:`train_views`)."""
+    if views == "none":
+        return images
+    return ImageSet(train_views(images.images, views),
+                    images.labels.repeat(view_count(views)), images.classes)
+
+
 def _shard(n: int, ctx: DistContext) -> slice:
     """This rank's contiguous share of ``n`` rows (near-equal shares, in rank order)."""
     bounds = np.linspace(0, n, ctx.world_size + 1).round().astype(int)
@@ -127,6 +139,8 @@ def _extract_splits(model: FeatureClassifier, data: DataSplits, spec: CacheSpec,
     try:
         for split in SPLITS:
             images: ImageSet = getattr(data, split)
+            if split == "train":
+                images = with_views(images, spec.train_views)
             rows = torch.arange(len(images))[_shard(len(images), ctx)]
             extract(model, images.subset(rows),
                     allocate(f"{split}_features", (len(rows), sum(widths)), FEATURE_DTYPE),

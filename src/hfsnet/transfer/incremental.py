@@ -76,9 +76,11 @@ def add_to_head(source: Source, data: DataSplits, out_dir: Path, cache_path: Pat
     old = check_state(path, state, source)
     data = for_trunk(source, data)
     model = source.model
-    layout = {"levels": ",".join(map(str, old.levels)), "pool": old.pool}
-    found = cache_for(model, data, cache_path, HeadOptions(**{**vars(options), **layout}))
     preprocessing = state.meta.get("preprocessing", {})
+    # the added images get the views the statistics' rows had, as a refit on all rows would
+    layout = {"levels": ",".join(map(str, old.levels)), "pool": old.pool,
+              "train_views": preprocessing.get("train_views", "none")}
+    found = cache_for(model, data, cache_path, HeadOptions(**{**vars(options), **layout}))
     if {k: v for k, v in found.cache.key["preprocessing"].items() if k != "precision"} != {
             k: v for k, v in preprocessing.items() if k != "precision"}:
         raise CacheError(f"{path}: the statistics' rows were preprocessed differently (image "

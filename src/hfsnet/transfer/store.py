@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.format import open_memmap
 
+from hfsnet.data.augment import view_count
 from hfsnet.fsutil import atomic_replace_dir, file_digest
 from hfsnet.transfer.errors import CacheError
 
@@ -87,6 +88,11 @@ class FeatureCache:
     @property
     def width(self) -> int:
         return int(self.manifest["width"])
+
+    @property
+    def views(self) -> int:
+        """Rows per training image (``--train-views``; the test split has one)."""
+        return view_count(self.key["preprocessing"].get("train_views", "none"))
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
