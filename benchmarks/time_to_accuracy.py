@@ -87,10 +87,9 @@ def acc_at(curve: Curve, seconds: float) -> float | None:
 
 def label(preset: str, args: argparse.Namespace) -> str:
     """The row's variant: the preset and whatever the invocation changed in it."""
-    extra = ([f"--epochs {args.epochs}"] if args.epochs else []) + (
-        [args.train_args] if args.train_args else []) + (["[final only]"] if args.final_only
-                                                          else [])
-    return " ".join([preset, *extra])
+    parts = [preset, f"--epochs {args.epochs}" if args.epochs else "", args.train_args,
+             "[final only]" if args.final_only else ""]
+    return " ".join(part for part in parts if part)
 
 
 def verdict(name: str, s: dict[str, object]) -> str | None:

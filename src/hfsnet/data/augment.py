@@ -91,26 +91,18 @@ def _draw(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # Fixed copies of every training image for a feature cache (``--train-views``): "flip" adds the
 # mirror, "dihedral" the 8 flips and quarter turns, for images with no up or left (satellite,
 # microscopy). Quarter turns swap height and width, so they need square images.
-VIEW_TRANSFORMS = {
-    "none": ("identity",),
-    "flip": ("identity", "mirror"),
-    "dihedral": ("identity", "mirror", "flip", "turn180", "transpose", "turn90", "turn270",
-                 "antitranspose"),
+_TRANSFORMS = {
+    "identity": lambda x: x,
+    "mirror": lambda x: x.flip(-1),
+    "upside_down": lambda x: x.flip(-2),
+    "turn180": lambda x: x.flip(-2, -1),
+    "transpose": lambda x: x.transpose(-2, -1),
+    "turn90": lambda x: x.transpose(-2, -1).flip(-1),
+    "turn270": lambda x: x.transpose(-2, -1).flip(-2),
+    "antitranspose": lambda x: x.transpose(-2, -1).flip(-2, -1),
 }
-
-
-def _view(x: torch.Tensor, name: str) -> torch.Tensor:
-    if name == "identity":
-        return x
-    if name == "mirror":
-        return x.flip(-1)
-    if name == "flip":
-        return x.flip(-2)
-    if name == "turn180":
-        return x.flip(-2, -1)
-    t = x.transpose(-2, -1)
-    return {"transpose": t, "turn90": t.flip(-1), "turn270": t.flip(-2),
-            "antitranspose": t.flip(-2, -1)}[name]
+VIEW_TRANSFORMS = {"none": ("identity",), "flip": ("identity", "mirror"),
+                   "dihedral": tuple(_TRANSFORMS)}
 
 
 def view_count(views: str) -> int:
@@ -123,5 +115,5 @@ def train_views(images: torch.Tensor, views: str) -> torch.Tensor:
     names = VIEW_TRANSFORMS[views]
     if len(names) > 2 and images.shape[-1] != images.shape[-2]:
         raise DataError(f"--train-views {views}: quarter turns need square images, got "
-                         f"{images.shape[-2]}x{images.shape[-1]}")
-    return torch.cat([_view(images, name).contiguous() for name in names])
+                        f"{images.shape[-2]}x{images.shape[-1]}")
+    return torch.cat([_TRANSFORMS[name](images).contiguous() for name in names])

@@ -169,8 +169,9 @@ class _Spectrum:
         members = image_rows(len(rows), views)
         out = {alpha: torch.empty(len(rows), self.projected.shape[1], dtype=torch.float64)
                for alpha in alphas}
-        for start in chunks(len(members), max(1, chunk // views)):
-            which = members[start : start + max(1, chunk // views)]
+        per_chunk = max(1, chunk // views)  # whole images, about ``chunk`` rows
+        for start in chunks(len(members), per_chunk):
+            which = members[start : start + per_chunk]
             u = self.coordinates(rows[which.reshape(-1)])
             y = one_hot(labels[which.reshape(-1)], self.projected.shape[1])
             grouped = u.reshape(*which.shape, -1)
