@@ -449,9 +449,7 @@ def cli_adapt_cell(method: str, task: str, regime: str, seed: int,
     out = work / "cli" / f"{task}-{regime}-{seed}{method.removeprefix('cli-adapt')}"
     command = [".venv/bin/hfsnet", "adapt", "--model", MODEL, "--data", TASKS[task]["spec"],
                "--out", str(out), "--overwrite", "--seed", str(seed), *CLI_ADAPT[method],
-               "--json"]
-    if task == "fashion-mnist":  # 28 px, under the trunk's 32: upsampled as in the grid
-        command[-1:-1] = ["--image-size", str(TASKS[task]["side"])]
+               "--image-size", str(TASKS[task]["side"]), "--json"]  # the grid's side
     if regime != "all":
         command[-1:-1] = ["--per-class", str(PER_CLASS)]
     done, seconds = timed(lambda: subprocess.run(command, cwd=REPO, capture_output=True,
