@@ -13,8 +13,8 @@ from hfsnet.data.augment import (
     flip_mask,
     random_crop,
     random_flip,
-    train_views,
     view_count,
+    view_transforms,
 )
 from hfsnet.data.errors import DataError
 
@@ -104,23 +104,26 @@ def test_config_switches_each_step() -> None:
                        random_flip(x, gen(4)))
 
 
-def test_train_views_are_the_flips_and_quarter_turns_view_major():
+def views_of(images, views):
+    return [t(images) for t in view_transforms(views, tuple(images.shape[-2:]))]
+
+
+def test_views_are_the_flips_and_quarter_turns_identity_first():
     images = torch.randint(0, 256, (3, 2, 5, 5), dtype=torch.uint8)
-    flipped = train_views(images, "flip")
-    assert flipped.shape == (6, 2, 5, 5) and flipped.is_contiguous()
-    assert torch.equal(flipped[:3], images) and torch.equal(flipped[3:], images.flip(-1))
-    assert torch.equal(train_views(images, "none"), images)
-    every = train_views(images, "dihedral").reshape(8, 3, 2, 5, 5)
+    plain, mirrored = views_of(images, "flip")
+    assert torch.equal(plain, images) and torch.equal(mirrored, images.flip(-1))
+    assert [torch.equal(v, images) for v in views_of(images, "none")] == [True]
+    every = views_of(images, "dihedral")
     # the 8 symmetries of the square: distinct, and they include each quarter turn
-    assert len({every[v].numpy().tobytes() for v in range(8)}) == 8
+    assert len({v.contiguous().numpy().tobytes() for v in every}) == 8
     for turns in range(4):
         turned = torch.rot90(images, turns, dims=(-2, -1))
-        assert any(torch.equal(turned, every[v]) for v in range(8))
+        assert any(torch.equal(turned, v) for v in every)
     assert view_count("dihedral") == 8 and view_count("none") == 1
 
 
 def test_quarter_turns_of_a_non_square_image_are_refused():
     images = torch.zeros(2, 3, 4, 6, dtype=torch.uint8)
-    assert train_views(images, "flip").shape == (4, 3, 4, 6)
+    assert [v.shape for v in views_of(images, "flip")] == [(2, 3, 4, 6)] * 2
     with pytest.raises(DataError, match="--train-views dihedral: .*square images, got 4x6"):
-        train_views(images, "dihedral")
+        view_transforms("dihedral", (4, 6))

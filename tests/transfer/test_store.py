@@ -9,6 +9,7 @@ import hfsnet.transfer.extract as extract_module
 from hfsnet.data import DataSplits, ImageSet, normalize
 from hfsnet.models import create_model
 from hfsnet.models.head import pool_levels
+from hfsnet.train.distributed import DistContext
 from hfsnet.transfer.errors import CacheError
 from hfsnet.transfer.extract import CacheSpec, get_cache
 
@@ -216,3 +217,23 @@ def test_train_views_cache_every_view_of_the_training_images_only(tmp_path):
     np.testing.assert_allclose(train[30:], mirrored, rtol=2e-3, atol=1e-4)
     np.testing.assert_array_equal(viewed.labels("train"), np.tile(data.train.labels, 2))
     np.testing.assert_array_equal(viewed.features("test"), plain.features("test"))
+
+
+def test_shards_of_a_viewed_split_reassemble_view_major(tmp_path):
+    """Two ranks each cache their own images under every view; merged in rank order within
+    each view, the rows are those of one process (row v * n + i: image i under view v)."""
+    model, data, views = small_model(), synthetic_data(n_train=31), spec(train_views="flip")
+    one: dict[str, np.ndarray] = {}
+    extract_module._extract_splits(model, data, views,
+                                   lambda name, shape, dtype: one.setdefault(
+                                       name, np.zeros(shape, dtype)), DistContext())
+    for rank in range(2):
+        extract_module._extract_splits(model, data, views,
+                                       extract_module._shard_allocator(tmp_path, rank),
+                                       DistContext(rank=rank, world_size=2))
+    for split, count in (("train", 2), ("test", 1)):
+        for name in (f"{split}_features", f"{split}_labels"):
+            merged = extract_module._read_shards(tmp_path, name, 2, count)
+            np.testing.assert_allclose(merged.astype(np.float32), one[name].astype(np.float32),
+                                       atol=2e-3, err_msg=name)
+    np.testing.assert_array_equal(one["train_labels"], np.tile(data.train.labels, 2))

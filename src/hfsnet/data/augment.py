@@ -6,6 +6,7 @@ to the images' device), so the same generator state gives the same augmentation 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -91,7 +92,8 @@ def _draw(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 # Fixed copies of every training image for a feature cache (``--train-views``): "flip" adds the
 # mirror, "dihedral" the 8 flips and quarter turns, for images with no up or left (satellite,
 # microscopy). Quarter turns swap height and width, so they need square images.
-_TRANSFORMS = {
+Transform = Callable[[torch.Tensor], torch.Tensor]
+_TRANSFORMS: dict[str, Transform] = {
     "identity": lambda x: x,
     "mirror": lambda x: x.flip(-1),
     "upside_down": lambda x: x.flip(-2),
@@ -109,11 +111,10 @@ def view_count(views: str) -> int:
     return len(VIEW_TRANSFORMS[views])
 
 
-def train_views(images: torch.Tensor, views: str) -> torch.Tensor:
-    """``images`` (N x C x H x W) under every transform of ``views``, view-major: row
-    ``v * N + i`` is image ``i`` under transform ``v``, so rows ``i, N + i, ...`` are one image."""
+def view_transforms(views: str, size: tuple[int, int]) -> list[Transform]:
+    """The transforms of ``views`` for images of ``size`` (height, width), identity first."""
     names = VIEW_TRANSFORMS[views]
-    if len(names) > 2 and images.shape[-1] != images.shape[-2]:
+    if len(names) > 2 and size[0] != size[1]:
         raise DataError(f"--train-views {views}: quarter turns need square images, got "
-                        f"{images.shape[-2]}x{images.shape[-1]}")
-    return torch.cat([_TRANSFORMS[name](images).contiguous() for name in names])
+                        f"{size[0]}x{size[1]}")
+    return [_TRANSFORMS[name] for name in names]

@@ -16,7 +16,7 @@ import torch
 from numpy.lib.format import open_memmap
 
 from hfsnet.data import BatchLoader, DataSplits, ImageSet
-from hfsnet.data.augment import train_views, view_count
+from hfsnet.data.augment import view_count, view_transforms
 from hfsnet.fsutil import tensor_digest
 from hfsnet.models import FeatureClassifier
 from hfsnet.models.head import level_widths, pool_levels
@@ -90,37 +90,39 @@ def cache_key(model: FeatureClassifier, data: DataSplits, spec: CacheSpec) -> Ca
 
 @torch.inference_mode()
 def extract(model: FeatureClassifier, images: ImageSet, features: np.ndarray,
-            labels: np.ndarray, spec: CacheSpec, label: str = "features") -> None:
-    """Write the descriptor and label of every image of ``images``, in order.
+            labels: np.ndarray, spec: CacheSpec, label: str = "features",
+            views: str = "none") -> None:
+    """Write the descriptor and label of every image of ``images``, in order; with ``views``
+    (``VIEW_TRANSFORMS``) every image under each transform, view-major: row ``v * n + i`` is
+    image ``i`` under transform ``v``, so rows ``i, n + i, ...`` are one image.
 
     The trunk runs as a :class:`FrozenTrunk`: a copy with its batch norms folded, channels-last,
     in ``spec.precision``, compiled when the split is large enough to repay the compile time.
+    The views are made batch by batch, so the images are never held more than once.
     """
+    transforms = view_transforms(views, tuple(images.images.shape[-2:]))
     loader = BatchLoader(images, spec.batch_size, mean=spec.mean, std=spec.std,
                          device=spec.device, channels_last=True)
+    n = len(images)
     trunk = FrozenTrunk(model, precision=spec.precision, compile="auto",
-                        n_images=len(images), device=spec.device)
-    progress = Progress(len(loader), label, enabled=spec.progress)
-    row = 0
-    for step, (x, y) in enumerate(loader.epoch(0), 1):
-        pooled = pool_levels(trunk(x), spec.levels, spec.pool)
-        half = pooled.float().cpu().numpy().astype(np.float16)
-        if not np.isfinite(half).all():
-            raise CacheError("trunk features overflow float16 (|x| > 65504); this trunk's "
-                             "activations cannot be cached")
-        features[row : row + len(half)] = half
-        labels[row : row + len(half)] = y.cpu().numpy()
-        row += len(half)
-        progress.update(step, row)
+                        n_images=n * len(transforms), device=spec.device)
+    progress = Progress(len(loader) * len(transforms), label, enabled=spec.progress)
+    start, step, written = 0, 0, 0
+    for x, y in loader.epoch(0):
+        for v, transform in enumerate(transforms):
+            view = transform(x).contiguous(memory_format=torch.channels_last)
+            pooled = pool_levels(trunk(view), spec.levels, spec.pool)
+            half = pooled.float().cpu().numpy().astype(np.float16)
+            if not np.isfinite(half).all():
+                raise CacheError("trunk features overflow float16 (|x| > 65504); this trunk's "
+                                 "activations cannot be cached")
+            rows = slice(v * n + start, v * n + start + len(half))
+            features[rows] = half
+            labels[rows] = y.cpu().numpy()
+            step, written = step + 1, written + len(half)
+            progress.update(step, written)
+        start += len(y)
     progress.close()
-
-
-def with_views(images: ImageSet, views: str) -> ImageSet:
-    """``images`` with every transform of ``views`` (view-major rows, see :func:`train_views`)."""
-    if views == "none":
-        return images
-    return ImageSet(train_views(images.images, views),
-                    images.labels.repeat(view_count(views)), images.classes)
 
 
 def _shard(n: int, ctx: DistContext) -> slice:
@@ -139,13 +141,13 @@ def _extract_splits(model: FeatureClassifier, data: DataSplits, spec: CacheSpec,
     try:
         for split in SPLITS:
             images: ImageSet = getattr(data, split)
-            if split == "train":
-                images = with_views(images, spec.train_views)
-            rows = torch.arange(len(images))[_shard(len(images), ctx)]
-            extract(model, images.subset(rows),
-                    allocate(f"{split}_features", (len(rows), sum(widths)), FEATURE_DTYPE),
-                    allocate(f"{split}_labels", (len(rows),), "int64"), spec,
-                    label=f"feature pass, {split}")
+            views = spec.train_views if split == "train" else "none"
+            mine = torch.arange(len(images))[_shard(len(images), ctx)]
+            rows = len(mine) * view_count(views)
+            extract(model, images.subset(mine),
+                    allocate(f"{split}_features", (rows, sum(widths)), FEATURE_DTYPE),
+                    allocate(f"{split}_labels", (rows,), "int64"), spec,
+                    label=f"feature pass, {split}", views=views)
     finally:
         model.train(was_training)
 
@@ -158,10 +160,12 @@ def _shard_allocator(folder: Path, rank: int) -> Callable[..., np.ndarray]:
     return allocate
 
 
-def _read_shards(folder: Path, name: str, world_size: int) -> np.ndarray:
-    """Array ``name`` of the whole split: every rank's shard, in rank order."""
-    return np.concatenate([np.load(folder / f"{name}.rank{r}.npy", mmap_mode="r")
-                           for r in range(world_size)])
+def _read_shards(folder: Path, name: str, world_size: int, views: int) -> np.ndarray:
+    """Array ``name`` of the whole split: every rank's shard of its images, in rank order,
+    within each of its ``views`` (each shard is view-major over its own images)."""
+    shards = [np.load(folder / f"{name}.rank{r}.npy", mmap_mode="r") for r in range(world_size)]
+    whole = np.concatenate([s.reshape(views, -1, *s.shape[1:]) for s in shards], axis=1)
+    return whole.reshape(-1, *whole.shape[2:])
 
 
 Filler = Callable[[Callable[..., np.ndarray]], dict[str, Any]]
@@ -178,8 +182,9 @@ def _filler(model: FeatureClassifier, data: DataSplits, spec: CacheSpec,
             _extract_splits(model, data, spec, allocate, DistContext())
         else:
             for split in SPLITS:
+                views = view_count(spec.train_views) if split == "train" else 1
                 for name in (f"{split}_features", f"{split}_labels"):
-                    whole = _read_shards(shards, name, ctx.world_size)
+                    whole = _read_shards(shards, name, ctx.world_size, views)
                     allocate(name, whole.shape, str(whole.dtype))[:] = whole
         names = model.stage_names()
         return {"classes": data.classes, "data_name": data.name,
