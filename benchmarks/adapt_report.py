@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,18 @@ METHOD_NAMES = {
                             "trained",
     "scratch": "hfs-air-s from scratch (fast recipe)",
     "cli-adapt": "`hfsnet adapt` (process start to exit)",
+    "cli-adapt-flip": "`hfsnet adapt --train-views flip`",
+    "cli-adapt-dihedral": "`hfsnet adapt --train-views dihedral`",
+    "cli-adapt-dihedral-expand": "`hfsnet adapt --train-views dihedral --expand 2048`",
+    "cli-adapt-2x2": "`hfsnet adapt --pool 2x2`",
+    "cli-adapt-2x2-flip": "`hfsnet adapt --pool 2x2 --train-views flip`",
 }
 LAST = ("logreg-last", "ridge-last", "sgd-last")
 MULTI = ("ridge-all", "ridge-all-cl2", "ridge-select", "ridge-expand", "ridge-all-2x2",
          "ridge-all-2x2-cl2", "ridge-expand-cl2", "sgd-all", "sgd-all-2x2")
-CACHE_HEADS = LAST + MULTI
+CLI_HEADS = ("cli-adapt", "cli-adapt-flip", "cli-adapt-dihedral", "cli-adapt-dihedral-expand",
+             "cli-adapt-2x2", "cli-adapt-2x2-flip")  # `hfsnet adapt` runs: the ridge head
+CACHE_HEADS = LAST + MULTI + CLI_HEADS
 FROZEN_STATS = ("ft-1rate", "ft-2rate", "ft-2rate-ridge")  # hfsnet's default, --norm-stats frozen
 BATCH_STATS = tuple(f"{m}-batch" for m in FROZEN_STATS)  # --norm-stats batch
 LONGER = (2, 10, 15, 20)  # epochs of the ft-*-eN cells (benchmarks/adapt.py), beside the 5 of ft-*
@@ -64,7 +72,7 @@ LONG_FINETUNES = tuple(f"{m}-e{n}" for m in FROZEN_STATS for n in LONGER)
 METHOD_NAMES.update({f"{m}-e{n}": f"{METHOD_NAMES[m]}, {n} epochs"
                      for m in FROZEN_STATS for n in LONGER})
 FINETUNES = FROZEN_STATS + BATCH_STATS + LONG_FINETUNES
-ORDER = [*LAST, *MULTI, *FINETUNES, "scratch", "cli-adapt"]
+ORDER = [*LAST, *MULTI, *FINETUNES, "scratch", *CLI_HEADS]
 ACC_TOL = 1.0  # points: "within 1.0 point of the best fine-tune"
 TIME_RATIO = 10.0  # "at <= 1/10 of its wall time"
 MULTI_GAIN = 3.0  # points: "multi-level beats last-layer by >= 3 points on average"
@@ -197,6 +205,14 @@ def _best(rows: dict, task: str, regime: str, methods: Sequence[str]) -> tuple[s
     return max(found, key=lambda item: item[1]["acc_mean"]) if found else None
 
 
+def _fastest_within(rows: dict, task: str, methods: Sequence[str],
+                    floor: float) -> tuple[str, dict] | None:
+    """The quickest of ``methods`` at 100/class whose mean accuracy is at least ``floor``."""
+    found = [(m, rows[(task, "100", m)]) for m in methods if (task, "100", m) in rows
+             and rows[(task, "100", m)]["acc_mean"] >= floor]
+    return min(found, key=lambda item: item[1]["seconds_mean"]) if found else None
+
+
 def _mark(ok: bool | None) -> str:
     return {True: "supported", False: "not supported", None: "not measured"}[ok]
 
@@ -284,9 +300,10 @@ def _cpus(results: dict[str, Any], task: str, regime: str, method: str) -> str:
 
 def verdict_cache_vs_finetune(results: dict[str, Any], rows: dict, tasks: list[str],
                               label: str = "") -> list[str]:
-    """Claim 3.1 (faster at equal accuracy) and the target (within 1.0 point at <= 1/10 of
-    the time), best cache head vs best fine-tune per task at 100/class; the time ratio end to
-    end and without the test pass both need. ``label`` names the cells' grid."""
+    """Claim 3.1 (faster at equal accuracy), best cache head vs best fine-tune per task at
+    100/class, and the target (within 1.0 point at <= 1/10 of the time), judged on the fastest
+    head within the point; the time ratio end to end and without the test pass both need.
+    ``label`` names the cells' grid."""
     lines, claim, target, train_target = [], [], [], []
     for task in tasks:
         head, ft = _best(rows, task, "100", CACHE_HEADS), _best(rows, task, "100", FINETUNES)
@@ -298,21 +315,27 @@ def verdict_cache_vs_finetune(results: dict[str, Any], rows: dict, tasks: list[s
             continue
         gap = 100 * (ft[1]["acc_mean"] - head[1]["acc_mean"])
         ratio = ft[1]["seconds_mean"] / head[1]["seconds_mean"]
-        head_train = _mean_training_seconds(results, task, "100", head[0])
-        ft_train = _mean_training_seconds(results, task, "100", ft[0])
-        train_ratio = ft_train / head_train if head_train and ft_train else None
         claim.append(gap <= ACC_TOL and ratio > 1)
-        target.append(gap <= ACC_TOL and ratio >= TIME_RATIO)
-        train_target.append(None if train_ratio is None
-                            else gap <= ACC_TOL and train_ratio >= TIME_RATIO)
+        quick = _fastest_within(rows, task, CACHE_HEADS, ft[1]["acc_mean"] - ACC_TOL / 100)
+        quick_ratio = None if quick is None else ft[1]["seconds_mean"] / quick[1]["seconds_mean"]
+        target.append(quick_ratio is not None and quick_ratio >= TIME_RATIO)
+        ft_train = _mean_training_seconds(results, task, "100", ft[0])
+        head_train = (None if quick is None
+                      else _mean_training_seconds(results, task, "100", quick[0]))
+        train_ratio = ft_train / head_train if head_train and ft_train else None
+        train_target.append(None if train_ratio is None else train_ratio >= TIME_RATIO)
+        within = (f"; no head within {ACC_TOL:.1f} point" if quick is None else
+                  f"; the fastest head within {ACC_TOL:.1f} point, {quick[0]} "
+                  f"{_pct(quick[1])} in {quick[1]['seconds_mean']:.0f} s, took "
+                  f"{1 / quick_ratio:.2f}x the fine-tune's time")
         training = ("" if train_ratio is None else
-                    f"; without the test pass {ft_train:.0f} s vs {head_train:.0f} s, "
-                    f"{train_ratio:.1f}x")
+                    f" (without the test pass {head_train:.0f} s vs {ft_train:.0f} s, "
+                    f"{1 / train_ratio:.2f}x)")
         lines.append(f"{TASK_NAMES[task]}: best cache head {head[0]} {_pct(head[1])} in "
                      f"{head[1]['seconds_mean']:.0f} s (feature pass included) vs best "
                      f"fine-tune {ft[0]} {_pct(ft[1])} in {ft[1]['seconds_mean']:.0f} s: "
                      f"fine-tune minus head {gap:+.2f} points; the fine-tune took {ratio:.1f}x "
-                     f"the head's wall time{training} (head cells: "
+                     f"the head's wall time{within}{training} (head cells: "
                      f"{_cpus(results, task, '100', head[0])}; fine-tune cells: "
                      f"{_cpus(results, task, '100', ft[0])}).")
     (c_ok, c_note), (t_ok, t_note) = _overall(claim, tasks), _overall(target, tasks)
@@ -436,31 +459,45 @@ def _caches(results: dict[str, Any]) -> list[Block]:
                "100/class cache build s", "100/class rows sliced vs built directly"], body)]
 
 
-# Heads and fine-tunes rerun on one machine with nothing else running (``--results`` of the
-# commands in docs/results/adapt/report.md): the time target is judged by these cells.
-QUIET_GRID = ("quiet, one machine: AMD EPYC with AVX2 only, fp32",
-              REPO / "benchmarks/results/adapt-epyc-quiet.json")
+@dataclass(frozen=True)
+class Grid:
+    """Cells rerun on one machine with nothing else running, beside the contended grid: the
+    time target is judged by these (their commands are in the results file)."""
+
+    title: str
+    path: Path
+    about: str
+
+    def load(self) -> dict[str, Any] | None:
+        return json.loads(self.path.read_text()) if self.path.exists() else None
 
 
-def quiet_grid() -> dict[str, Any] | None:
-    path = QUIET_GRID[1]
-    return json.loads(path.read_text()) if path.exists() else None
+QUIET_GRIDS = (
+    Grid("quiet, one machine: AMD EPYC with AVX2 only, fp32",
+         REPO / "benchmarks/results/adapt-epyc-quiet.json",
+         "The same cells as above, rerun one at a time; `--precision auto` picked fp32 for the "
+         "fine-tunes (bf16 is emulated on this CPU, 0.1x fp32's speed in EfficientNet-Lite0's "
+         "step). The '-e' rows fine-tune longer than the 5 epochs of the grid, to show where "
+         "fine-tuning stops gaining."),
+    Grid("training views and 2x2 pooling, quiet, Intel Xeon without AMX",
+         REPO / "benchmarks/results/adapt-views-xeon.json",
+         "`hfsnet adapt` as a user runs it (timed from process start), with `--train-views` "
+         "(fixed mirrored, or all 8 flipped and turned, copies of every training image) and "
+         "`--pool 2x2`, against a 15-epoch two-rate fine-tune from the ridge head in the same "
+         "session."),
+)
 
 
-def quiet_blocks(quiet: dict[str, Any]) -> list[Block]:
-    """The quiet one-machine cells: their table, load averages and commands."""
+def quiet_blocks(grid: Grid, quiet: dict[str, Any]) -> list[Block]:
+    """One quiet grid's cells: their table, load averages and commands."""
     cells = quiet["cells"]
     loads = [c["load_before"][0] for c in cells] + [c["load_after"][0] for c in cells]
     precisions = sorted({c.get("precision", "fp32") for c in cells if "epoch_seconds" in c})
-    blocks = [Heading(f"Heads against fine-tunes, {QUIET_GRID[0]}"), Paragraph(
-        f"The same cells as above, rerun one at a time with nothing else on the machine (load "
-        f"average {min(loads, default=0):.1f}-{max(loads, default=0):.1f}, 2 threads; CPU "
-        f"{', '.join(sorted({c.get('cpu', '?') for c in cells}))}; fine-tunes in "
-        f"{'/'.join(precisions) or '—'}, which `--precision auto` picked: bf16 is emulated on "
-        "this CPU, 0.1x fp32's speed in EfficientNet-Lite0's step). The '-e' rows fine-tune "
-        "longer than the 5 epochs of the grid, to show where fine-tuning stops gaining; a "
-        "head's seconds include the feature pass over its 1,000 training and every test "
-        "image.")]
+    blocks = [Heading(f"Heads against fine-tunes, {grid.title}"), Paragraph(
+        f"{grid.about} Load average {min(loads, default=0):.1f}-{max(loads, default=0):.1f}, "
+        f"2 threads; CPU {', '.join(sorted({c.get('cpu', '?') for c in cells}))}; fine-tunes "
+        f"in {'/'.join(precisions) or '—'}. A head's seconds include the feature pass over "
+        "its 1,000 training and every test image.")]
     table = accuracy_table(quiet, "100")
     if table is not None:
         blocks.append(table)
@@ -471,9 +508,9 @@ def quiet_blocks(quiet: dict[str, Any]) -> list[Block]:
 def blocks_for(results: dict[str, Any], plots: dict[str, Path], base: Path) -> list[Block]:
     rows = _rows(results)
     tasks = [t for t in ("eurosat", "cifar10", "fashion-mnist") if t in _tasks(results)]
-    quiet = quiet_grid()
-    quiet_verdicts = [] if quiet is None else verdict_cache_vs_finetune(
-        quiet, _rows(quiet), [t for t in tasks if t in _tasks(quiet)], QUIET_GRID[0])
+    quiet = [(grid, found) for grid in QUIET_GRIDS if (found := grid.load()) is not None]
+    quiet_verdicts = [line for grid, found in quiet for line in verdict_cache_vs_finetune(
+        found, _rows(found), [t for t in tasks if t in _tasks(found)], grid.title)]
     blocks = _setup(results)
     blocks += [Heading("Verdicts"), Bullets(
         verdict_multi_level(rows, tasks)
@@ -493,8 +530,8 @@ def blocks_for(results: dict[str, Any], plots: dict[str, Path], base: Path) -> l
     if "accuracy" in plots:
         blocks.append(Image("Test accuracy per method and task",
                             str(plots["accuracy"].relative_to(base))))
-    if quiet is not None:
-        blocks += quiet_blocks(quiet)
+    for grid, found in quiet:
+        blocks += quiet_blocks(grid, found)
     level = level_table(results)
     if level is not None:
         blocks += [Heading("Per-level probe (100/class)"), level]
