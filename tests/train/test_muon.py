@@ -254,3 +254,18 @@ def test_cli_accepts_optimizer_muon(tiny_folder, tmp_path):
     ckpt = load_checkpoint(out)
     assert ckpt.meta["config"]["optimizer"] == "muon"
     assert any(g["muon"] for g in ckpt.meta["optimizer"]["param_groups"])
+
+
+def test_the_fast_recipe_trains_its_filters_with_muon_and_optimizer_sgd_restores_sgd(
+        tiny_folder, tmp_path):
+    from hfsnet.cli import main
+
+    for optimizer, muon_groups in (("muon", True), ("sgd", False)):
+        out = tmp_path / optimizer
+        argv = ["train", "--recipe", "fast", "--data", str(tiny_folder), "--out", str(out),
+                "--epochs", "1", "--batch-size", "8", "--quiet", "--model-opt",
+                "widths=[4,4,4]", "--no-tta-flip"]
+        assert main(argv + ([] if optimizer == "muon" else ["--optimizer", "sgd"])) == 0
+        meta = load_checkpoint(out).meta
+        assert meta["config"]["optimizer"] == optimizer
+        assert any(g.get("muon", False) for g in meta["optimizer"]["param_groups"]) == muon_groups

@@ -206,13 +206,20 @@ RECIPES: dict[str, dict[str, Any]] = {
 # decoupled decay 0.0153 is 0.002 per step (weight_decay = 0.002 / lr), and norm shifts learn
 # 64x faster. Then label smoothing, 2 px translations, alternating flips, lookahead, bf16 and
 # channels_last, and no per-epoch test pass (only the final one, with test-time augmentation).
+# The conv filters train with Muon at the record's settings (airbench94_muon: Nesterov momentum
+# 0.6, 3 Newton-Schulz steps, filters renormalised; rate 0.24 from lr 1.5 by MUON_LR_RATIO), the
+# rest with the SGD above: on the AMX Xeon, 3 seeds of fast, +0.83 points for +4.6% of the wall
+# time (docs/performance.md 5c, benchmarks/results/time_to_accuracy-xeon-amx-muon.json).
 # ``fast`` aims at 85% test accuracy on CIFAR-10 within 5 minutes of a 2-core CPU, ``fast-long``
 # at 90% within 15: see docs/performance.md for the measurements.
 _AIR: dict[str, Any] = {
     "batch_size": 1024,
-    "optimizer": "sgd",
+    "optimizer": "muon",
     "lr": 1.5,
     "momentum": 0.85,
+    "muon_momentum": 0.6,
+    "muon_steps": 3,
+    "muon_normalize": True,
     "weight_decay": 0.002 / 1.5,
     "norm_lr_scale": 64.0,
     "schedule": "onecycle",
