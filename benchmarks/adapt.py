@@ -611,6 +611,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_grid(args, log)
         write_results(args, log)
         return 0
+    if not args.results.is_file():
+        print(f"adapt.py: --results {args.results}: no such file; --report renders the results "
+              "of an earlier run", file=sys.stderr)
+        return 2
     sys.path.insert(0, str(REPO / "benchmarks"))
     from adapt_report import render_check, write_report
     _, page = write_report(json.loads(args.results.read_text()), args.report_dir)

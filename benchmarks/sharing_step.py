@@ -95,14 +95,15 @@ def main() -> None:
                         help="also time every variant under torch.compile")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 3, 32, 32).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch_size,))
     steps, compile_seconds = {}, {}
     for variant in args.variants.split(","):
-        if variant not in VARIANTS:
-            raise SystemExit(f"--variants: unknown {variant!r}; known: {', '.join(VARIANTS)}")
         steps[variant] = timed_step(build(variant), x, y)
         eager = steps[variant]() + steps[variant]()  # warm-up: oneDNN picks its kernels
         if args.compile:

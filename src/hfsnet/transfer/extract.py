@@ -109,6 +109,7 @@ def extract(model: FeatureClassifier, images: ImageSet, features: np.ndarray,
     progress = Progress(len(loader) * len(transforms), label, enabled=spec.progress)
     start, step, written = 0, 0, 0
     for x, y in loader.epoch(0):
+        y_host = y.cpu().numpy()
         for v, transform in enumerate(transforms):
             view = transform(x).contiguous(memory_format=torch.channels_last)
             pooled = pool_levels(trunk(view), spec.levels, spec.pool)
@@ -118,7 +119,7 @@ def extract(model: FeatureClassifier, images: ImageSet, features: np.ndarray,
                                  "activations cannot be cached")
             rows = slice(v * n + start, v * n + start + len(half))
             features[rows] = half
-            labels[rows] = y.cpu().numpy()
+            labels[rows] = y_host
             step, written = step + 1, written + len(half)
             progress.update(step, written)
         start += len(y)
