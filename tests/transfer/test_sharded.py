@@ -28,3 +28,18 @@ def test_two_ranks_build_the_same_cache(source_run, tiny_folder, tmp_path):
     assert not [p for p in root.iterdir() if p.name.endswith(".shards")]  # merged, cleaned up
     again = build(source_run, tiny_folder, tmp_path / "two", "--nproc", "2")
     assert not again["built"] and again["path"] == two["path"]  # same key: reused
+
+
+def test_only_rank_0_reports_a_cache(source_run, tiny_folder, tmp_path, monkeypatch, capsys):
+    """Under torchrun every rank runs the command; two ranks' --json lines interleaved into one
+    unparseable line, so the other ranks stay silent."""
+    from hfsnet.cli import main
+
+    argv = ["cache", "--checkpoint", str(source_run), "--data", str(tiny_folder), "--out",
+            str(tmp_path / "c"), "--json"]
+    monkeypatch.setenv("RANK", "1")
+    assert main(argv) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["built"] is False

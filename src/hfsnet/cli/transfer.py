@@ -12,7 +12,7 @@ from hfsnet.cli.config_flags import add_config_flags, given_values
 from hfsnet.data import DataError, DataSplits, data_spec, load_dataset
 from hfsnet.textutil import printable
 from hfsnet.train.config import RECIPES, TrainConfig, resolve_config
-from hfsnet.train.distributed import launch_torchrun
+from hfsnet.train.distributed import is_main_process, launch_torchrun
 from hfsnet.transfer.finetune import FinetuneOptions, finetune
 from hfsnet.transfer.fit import HeadOptions, cache_for, fit_head
 from hfsnet.transfer.incremental import add_to_head
@@ -57,6 +57,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     options = head_options(args)
     data = target_data(args, source, options.seed)
     found = cache_for(source.model, data, default_cache(args, source), options)
+    if not is_main_process():  # every rank built its shard; one reports (lines would interleave)
+        return 0
     manifest = found.cache.manifest
     shapes = {name: entry["shape"] for name, entry in manifest["arrays"].items()}
     state = f"built in {found.seconds:.1f}s" if found.built else "reused"

@@ -58,6 +58,11 @@ class DistContext:
         return out
 
 
+def is_main_process() -> bool:
+    """Whether this is torchrun's rank 0 (or the only process): the one that reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device_kind: str) -> DistContext:
     """Join the process group torchrun describes in the environment (no-op for one process)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
