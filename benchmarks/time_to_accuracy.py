@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hfsnet.data import load_dataset
+from hfsnet.fsutil import atomic_write_bytes
 from hfsnet.train.runtime import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,26 +259,37 @@ def main() -> None:
                         help="keep the rows already in --results (a rerun replaces its own)")
     args = parser.parse_args()
     load_dataset(args.data)  # fill the decode cache outside the timed runs
-    rows = json.loads(args.results.read_text())["rows"] if args.append else []
+    rows = previous_rows(args.results) if args.append else []
     rows = [r for r in rows if "curve" in r]  # rows of the older, final-accuracy-only format
     for preset in args.presets.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             row = run_once(preset, seed, args)
             rows = [r for r in rows if (row_label(r), r["seed"]) != (row["label"], seed)] + [row]
             print(json.dumps(row), flush=True)
+            # Written after every run: a crash or a stop in the fifth of five 5-minute runs
+            # keeps the first four.
+            summary, versus = write_results(args, rows)
+    print_table(rows, summary, versus, args.peer)
+    print(f"wrote {args.results}")
+
+
+def previous_rows(path: Path) -> list[dict]:
+    """The rows of an earlier results file; none when it does not exist yet."""
+    return json.loads(path.read_text())["rows"] if path.exists() else []
+
+
+def write_results(args: argparse.Namespace, rows: list[dict]) -> tuple[dict, dict]:
     summary = summarize(rows)
     versus = against_peer(rows, summary, args.peer)
-    print_table(rows, summary, versus, args.peer)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps({
+    atomic_write_bytes(args.results, (json.dumps({
         "machine": cpu_description(), "cpus": os.cpu_count(),
         "threads": args.threads, "device": args.device, "data": args.data,
         "timing": "cumulative training seconds to each epoch's test accuracy (evaluation "
                   "excluded); wall_seconds: the whole process",
         "peer": args.peer, "rows": rows, "summary": summary, "versus_peer": versus,
-    }, indent=2) + "\n")
-    print(f"wrote {args.results}")
-
+    }, indent=2) + "\n").encode())
+    return summary, versus
 
 if __name__ == "__main__":
     main()
