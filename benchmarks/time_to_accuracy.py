@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -93,6 +94,12 @@ def label(preset: str, args: argparse.Namespace) -> str:
     return " ".join(part for part in parts if part)
 
 
+def run_name(variant: str) -> str:
+    """The variant's run folder: one per label, so a variant's checkpoint is not overwritten by
+    the next variant of the same preset (they are re-evaluated later, e.g. with more views)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", variant).strip("-")
+
+
 def verdict(name: str, s: dict[str, object]) -> str | None:
     """The rung's target against the final-only runs' wall times: how many seeds met both."""
     if name not in RUNGS or not s["final_only_runs"]:
@@ -104,7 +111,7 @@ def verdict(name: str, s: dict[str, object]) -> str | None:
 
 def run_once(preset: str, seed: int, args: argparse.Namespace) -> dict[str, object]:
     """One timed training process; returns its row of the table."""
-    out = RUNS / f"{preset}-seed{seed}"
+    out = RUNS / f"{run_name(label(preset, args))}-seed{seed}"
     command = [sys.executable, "-m", "hfsnet", "train", "--recipe", preset, "--seed", str(seed),
                "--data", args.data, "--out", str(out), "--overwrite",
                "--device", args.device, "--json", "--quiet"]
