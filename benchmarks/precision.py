@@ -10,8 +10,9 @@ and saves, side by side in one process: the matmul rate (2048^3 unless ``--matmu
 both at 1 and 2 threads (as many repetitions as fit in about 2 s, at least one); training-step
 images/s (forward, backward; channels-last, random weights and images, the models' own
 layers; ``name@side`` for a model's input side, 32 px by default) in both, the settings
-interleaved ``--repeats`` times; and per model the ratio the ``auto`` probe
-(:func:`hfsnet.train.runtime.bf16_step_ratio`) measures and the precision it picks. The CPU
+interleaved ``--repeats`` times; and per model the ratios the ``auto`` probe
+(:func:`hfsnet.train.runtime.bf16_step_ratio`) measures at each of its batch sizes,
+``--probe-repeats`` times, and the precision it picks. The CPU
 model and the load average go with the numbers: run it alone.
 """
 
@@ -29,7 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from hfsnet.models import create_model
-from hfsnet.train.runtime import autocast, bf16_step_ratio, cpu_description, precision_for
+from hfsnet.train.runtime import (
+    PROBE_BATCHES,
+    autocast,
+    bf16_step_ratio,
+    cpu_description,
+    precision_for,
+    probed_bf16_ratio,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "precision.json"
 CPU = torch.device("cpu")
@@ -85,11 +93,14 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--matmul-size", type=int, default=2048,
                         help="side of the square matmuls (an emulated bf16 2048^3 matmul took "
-                        "over a minute on the AVX2-only EPYC: 512 there)")
+                        "over a minute on the AVX2-only EPYC: 512 there; 0: none)")
+    parser.add_argument("--probe-repeats", type=int, default=3,
+                        help="probes of auto's timing per model and probe batch, to show how "
+                        "much one probe varies (--repeats 0 --matmul-size 0: the probes only)")
     args = parser.parse_args()
     load_before = os.getloadavg()
     matmul = {}
-    for threads in (1, 2):
+    for threads in (1, 2) if args.matmul_size else ():
         for kind, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
             matmul[f"{kind}_{threads}_threads"] = matmul_gflops(dtype, threads,
                                                                 args.matmul_size)
@@ -104,19 +115,28 @@ def main() -> None:
                 runs.setdefault(spec, {}).setdefault(precision, []).append(rate)
                 print(f"{spec} {precision}: {rate:.1f} img/s", flush=True)
     steps = {}
-    for spec, r in runs.items():
+    for spec in args.models.split(","):
         side = parse_model(spec)[1]
-        model = build(spec)
-        probe = bf16_step_ratio(model, (3, side, side), channels_last=True)
-        steps[spec] = {"bf16_median": statistics.median(r["bf16"]),
-                       "fp32_median": statistics.median(r["fp32"]), "runs": r,
-                       "bf16_over_fp32": statistics.median(r["bf16"]) / statistics.median(
-                           r["fp32"]),
-                       "auto_probe_ratio": probe, "auto_picks": precision_for(probe)}
+        model, shape = build(spec), (3, side, side)
+        by_batch = {batch: [bf16_step_ratio(model, shape, channels_last=True, batch=batch)
+                            for _ in range(args.probe_repeats)] for batch in PROBE_BATCHES}
+        probe = probed_bf16_ratio(model, shape, channels_last=True)
+        steps[spec] = {"probe_by_batch": by_batch, "auto_probe_ratio": probe,
+                       "auto_picks": precision_for(probe)}
+        r = runs.get(spec)
+        if r:
+            steps[spec].update({
+                "bf16_median": statistics.median(r["bf16"]),
+                "fp32_median": statistics.median(r["fp32"]), "runs": r,
+                "bf16_over_fp32": statistics.median(r["bf16"]) / statistics.median(r["fp32"])})
     for spec, s in steps.items():
-        print(f"{spec}: bf16 {s['bf16_median']:.1f} img/s, fp32 {s['fp32_median']:.1f} img/s, "
-              f"bf16 = {s['bf16_over_fp32']:.2f}x fp32; auto probe: bf16 step time = "
-              f"{s['auto_probe_ratio']:.2f}x fp32's -> {s['auto_picks']}")
+        if "runs" in s:
+            print(f"{spec}: bf16 {s['bf16_median']:.1f} img/s, fp32 {s['fp32_median']:.1f} "
+                  f"img/s, bf16 = {s['bf16_over_fp32']:.2f}x fp32")
+        probes = "; ".join(f"batch {b}: " + ", ".join(f"{v:.2f}" for v in values)
+                           for b, values in s["probe_by_batch"].items())
+        print(f"{spec}: probe ratios (bf16 step time / fp32's) {probes}; auto's probe "
+              f"{s['auto_probe_ratio']:.2f} -> {s['auto_picks']}")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps({
         "command": "benchmarks/precision.py " + " ".join(sys.argv[1:]),

@@ -71,6 +71,39 @@ def test_auto_takes_bf16_only_when_it_is_at_least_ten_percent_faster(probe, rati
     assert resolve_precision("auto", CPU, net(), SHAPE) == picked
 
 
+@pytest.fixture
+def by_batch(monkeypatch):
+    """Replace the timing probe by a ratio per batch size; returns the batches it was asked."""
+    asked = []
+
+    def set_ratios(ratios):
+        def fake(*args, batch, **kwargs):
+            asked.append(batch)
+            return ratios[batch]
+        monkeypatch.setattr(runtime, "bf16_step_ratio", fake)
+        return asked
+    return set_ratios
+
+
+@pytest.mark.parametrize(("ratios", "asked", "picked"), [
+    ({4: 0.5}, [4], "bf16"),                          # clear at once
+    ({4: 2.0}, [4], "fp32"),
+    ({4: 0.95, 16: 0.6}, [4, 16], "bf16"),            # 4 images would have said fp32
+    ({4: 0.8, 16: 0.8, 64: 0.95}, [4, 16, 64], "fp32"),  # the last batch decides
+])
+def test_an_unclear_probe_is_timed_again_on_a_bigger_batch(by_batch, ratios, asked, picked):
+    tried = by_batch(ratios)
+    assert resolve_precision("auto", CPU, net(), SHAPE) == picked
+    assert tried == asked
+
+
+def test_a_slow_probe_is_not_repeated_on_a_bigger_batch(by_batch, monkeypatch):
+    monkeypatch.setattr(runtime, "PROBE_SECONDS", 0.0)  # every probe counts as too slow
+    tried = by_batch({4: 0.95, 16: 0.6})
+    assert resolve_precision("auto", CPU, net(), SHAPE) == "fp32"
+    assert tried == [4]
+
+
 def test_the_probe_times_the_model_and_leaves_no_trace():
     model = net().train()
     model[0].weight.grad = torch.ones_like(model[0].weight)

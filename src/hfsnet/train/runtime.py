@@ -65,9 +65,19 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 # bf16 is chosen when its probe step takes at most this fraction of fp32's: below a 10% gain the
 # rounding is not worth it.
 BF16_GAIN = 1 / 1.1
-# The probe's batch: big enough for oneDNN's batched kernels, small enough that a machine that
-# emulates bf16 (10x slower in EfficientNet-Lite0's step on an AVX2-only EPYC) pays ~1 s.
+# The probe's first batch: big enough for oneDNN's batched kernels, small enough that a machine
+# that emulates bf16 (10x slower in EfficientNet-Lite0's step on an AVX2-only EPYC) pays ~1 s.
 PROBE_BATCH = 4
+# At 4 images the kernels' fixed costs blur the difference. On the AVX-512 EPYC five probes of
+# hfs-air-s read 0.78-1.04 at batch 4 (two of five above BF16_GAIN: fp32), 0.65-0.82 at 16 and
+# 0.49-0.66 at 64 (`benchmarks/precision.py --repeats 0 --matmul-size 0 --probe-repeats 5`,
+# results/precision-probe-epyc.json), and a fast-long run whose probe read fp32 trained at 2.4x
+# the time per epoch. So a ratio inside UNCLEAR is timed again on the next batch, until one is
+# clear, the last batch is reached, or one probe took PROBE_SECONDS (a bigger batch would then
+# cost more than it can save).
+PROBE_BATCHES = (PROBE_BATCH, 16, 64)
+UNCLEAR = (0.75, 1.33)
+PROBE_SECONDS = 2.0
 # A first bf16 call this many times slower than fp32's best step ends the probe: bf16 cannot win.
 HOPELESS = 4.0
 
@@ -87,7 +97,19 @@ def resolve_precision(precision: str, device: torch.device, model: torch.nn.Modu
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return precision_for(bf16_step_ratio(model, input_shape, channels_last=channels_last))
+    return precision_for(probed_bf16_ratio(model, input_shape, channels_last=channels_last))
+
+
+def probed_bf16_ratio(model: torch.nn.Module, input_shape: Sequence[int], *,
+                      channels_last: bool = False) -> float:
+    """:func:`bf16_step_ratio` at the first of PROBE_BATCHES, then at the next while the ratio
+    is UNCLEAR (see there)."""
+    for batch in PROBE_BATCHES:
+        start = time.perf_counter()
+        ratio = bf16_step_ratio(model, input_shape, channels_last=channels_last, batch=batch)
+        if not UNCLEAR[0] < ratio < UNCLEAR[1] or time.perf_counter() - start > PROBE_SECONDS:
+            break
+    return ratio
 
 
 def precision_for(ratio: float) -> str:
