@@ -107,7 +107,7 @@ def test_norm_lr_scale_gives_one_dimensional_parameters_their_own_rate():
 def test_air_recipe_values_and_validation():
     air = resolve_config("fast-long", data="x")
     assert (air.model, air.batch_size, air.optimizer, air.momentum, air.norm_lr_scale) == \
-        ("hfs-air-m", 1024, "muon", 0.85, 64.0)
+        ("air-plain-m", 1024, "muon", 0.85, 64.0)
     assert air.lr * air.weight_decay == pytest.approx(0.002)
     assert (air.alternate_flips, air.lookahead_every, air.tta_flip, air.tta_translate) == \
         (True, 5, True, True)

@@ -78,13 +78,13 @@ def test_fused_optimizer_keeps_groups_and_takes_the_same_step(kind):
 def test_fast_recipes():
     fast = resolve_config("fast", data="x")
     assert (fast.model, fast.optimizer, fast.batch_size, fast.lr, fast.schedule) == \
-        ("hfs-air-s", "muon", 1024, 1.5, "onecycle")
+        ("air-plain-s", "muon", 1024, 1.5, "onecycle")
     assert (fast.muon_momentum, fast.muon_steps, fast.muon_normalize) == (0.6, 3, True)
     assert (fast.label_smoothing, fast.crop_padding, fast.flip, fast.tta_flip) == \
         (0.2, 2, True, True)
     assert (fast.precision, fast.channels_last, fast.track_test) == ("auto", True, False)
     long = resolve_config("fast-long", data="x")
-    assert (long.model, long.tta_translate, fast.tta_translate) == ("hfs-air-m", True, False)
+    assert (long.model, long.tta_translate, fast.tta_translate) == ("air-plain-m", True, False)
     assert long.epochs > fast.epochs
     plain = resolve_config("fast", data="x", epochs=2, tta_flip=False, tta_translate=False)
     assert (plain.tta_flip, plain.tta_translate) == (False, False)

@@ -177,17 +177,19 @@ ENTRIES = (
     ModelEntry("hfs-air", AirHFSNet, AirOptions, "airbench-style pooled dense stages "
                "64/256/256 (airbench94's widths), fused head"),
     ModelEntry("hfs-air-m", AirHFSNet, AirOptions,
-               "hfs-air at widths 64/128/128 (airbench93's): --recipe fast-long",
+               "hfs-air at widths 64/128/128 (airbench93's)",
                {"widths": (64, 128, 128)}),
-    ModelEntry("hfs-air-s", AirHFSNet, AirOptions, "hfs-air at widths 32/128/128: --recipe fast",
+    ModelEntry("hfs-air-s", AirHFSNet, AirOptions, "hfs-air at widths 32/128/128",
                {"widths": (32, 128, 128)}),
-    # The same nets without feature sharing (airbench's plain layout): the baselines that
-    # `hfsnet compare` sets the hfs-air presets against under the same recipe.
+    # The same nets without feature sharing (airbench's plain layout): the fast recipes' nets
+    # (at their budgets sharing bought no accuracy for its time per step, docs/performance.md
+    # 5d) and the baselines `hfsnet compare` sets the hfs-air nets against.
     ModelEntry("air-plain-s", AirHFSNet, AirOptions,
-               "hfs-air-s without phi or the fused head (airbench's plain net)",
+               "hfs-air-s without phi or the fused head (airbench's plain net): --recipe fast",
                {"widths": (32, 128, 128), "share": False, "fuse": False}),
     ModelEntry("air-plain-m", AirHFSNet, AirOptions,
-               "hfs-air-m without phi or the fused head (airbench's plain net)",
+               "hfs-air-m without phi or the fused head (airbench's plain net): --recipe "
+               "fast-long",
                {"widths": (64, 128, 128), "share": False, "fuse": False}),
     ModelEntry("air-plain", AirHFSNet, AirOptions,
                "hfs-air without phi or the fused head: airbench94's net, --recipe airbench94",

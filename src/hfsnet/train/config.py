@@ -201,7 +201,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 
-# The fast presets: airbench's recipe (Keller Jordan, 2024) on the hfs-air nets, in mean-loss
+# The fast presets: airbench's recipe (Keller Jordan, 2024) on the hfs-air layout, in mean-loss
 # units: its lr 11.5 per 1024 examples with a summed loss and momentum 0.85 is lr 1.5 here, its
 # decoupled decay 0.0153 is 0.002 per step (weight_decay = 0.002 / lr), and norm shifts learn
 # 64x faster. Then label smoothing, 2 px translations, alternating flips, lookahead, bf16 and
@@ -239,8 +239,14 @@ _AIR: dict[str, Any] = {
 # quiet 2-core CPU (docs/performance.md): with 6 views, fast's 5 seeds reached 85.9-86.4% in
 # 274-304 s; the same checkpoints score 0.25 points less with the mirror alone, which saves about
 # 10 s of a run that has no more to spare. fast-long: 89.0% in 812 s.
-RECIPES["fast"] = {**_AIR, "model": "hfs-air-s", "epochs": 7, "eval_batch_size": 250}
-RECIPES["fast-long"] = {**_AIR, "model": "hfs-air-m", "epochs": 14, "eval_batch_size": 250,
+# Both train the nets without sharing (air-plain-s and air-plain-m: no phi, the head on the last
+# stage): issue 16 makes each rung's default whichever net reaches its target sooner, and the
+# shared nets were no more accurate for more time per step (AVX-512 EPYC, Muon, docs/
+# performance.md 5d): at 7 epochs hfs-air-s 86.74% over 5 seeds against air-plain-s's
+# 86.77% (and 2 seeds with SGD before, section 2), at 12 epochs hfs-air-m 89.33% in 916 s
+# against air-plain-m's 89.21% in 786 s (one seed). `--model hfs-air-s` / `hfs-air-m` train them.
+RECIPES["fast"] = {**_AIR, "model": "air-plain-s", "epochs": 7, "eval_batch_size": 250}
+RECIPES["fast-long"] = {**_AIR, "model": "air-plain-m", "epochs": 14, "eval_batch_size": 250,
                         "tta_translate": True}
 
 
