@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import platform
 import random
@@ -73,8 +74,8 @@ PROBE_BATCH = 4
 # 0.49-0.66 at 64 (`benchmarks/precision.py --repeats 0 --matmul-size 0 --probe-repeats 5`,
 # results/precision-probe-epyc.json), and a fast-long run whose probe read fp32 trained at 2.4x
 # the time per epoch. So a ratio inside UNCLEAR is timed again on the next batch, until one is
-# clear, the last batch is reached, or one probe took PROBE_SECONDS (a bigger batch would then
-# cost more than it can save).
+# clear, the last batch is reached, or the next probe would take over PROBE_SECONDS (this one's
+# time scaled by the batch: a big model's probe would cost more time and memory than it saves).
 PROBE_BATCHES = (PROBE_BATCH, 16, 64)
 UNCLEAR = (0.75, 1.33)
 PROBE_SECONDS = 2.0
@@ -104,12 +105,14 @@ def probed_bf16_ratio(model: torch.nn.Module, input_shape: Sequence[int], *,
                       channels_last: bool = False) -> float:
     """:func:`bf16_step_ratio` at the first of PROBE_BATCHES, then at the next while the ratio
     is UNCLEAR (see there)."""
-    for batch in PROBE_BATCHES:
+    for batch, following in itertools.pairwise(PROBE_BATCHES):
         start = time.perf_counter()
         ratio = bf16_step_ratio(model, input_shape, channels_last=channels_last, batch=batch)
-        if not UNCLEAR[0] < ratio < UNCLEAR[1] or time.perf_counter() - start > PROBE_SECONDS:
-            break
-    return ratio
+        next_cost = (time.perf_counter() - start) * following / batch
+        if not UNCLEAR[0] < ratio < UNCLEAR[1] or next_cost > PROBE_SECONDS:
+            return ratio
+    return bf16_step_ratio(model, input_shape, channels_last=channels_last,
+                           batch=PROBE_BATCHES[-1])
 
 
 def precision_for(ratio: float) -> str:
