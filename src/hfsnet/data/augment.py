@@ -84,6 +84,15 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tens
     return x.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0)
 
 
+def downscale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Float images resized to ``scale`` of their height and width (each side rounded, at
+    least 1 px), bilinear with antialiasing, so the small image averages the pixels it covers
+    instead of sampling every few."""
+    height, width = x.shape[-2:]
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
 def _draw(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Random values drawn on the CPU, moved to the device of ``like``."""
     return values.to(like.device)

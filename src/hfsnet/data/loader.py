@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from .augment import AugmentConfig, augment
+from .augment import AugmentConfig, augment, downscale
 from .imageset import ImageSet
 from .stats import apply_affine, normalize_affine
 
@@ -80,9 +80,11 @@ class BatchLoader:
             return torch.randperm(count, generator=seeded_generator(self.seed, epoch))
         return torch.arange(count)
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int, start_step: int = 0, *,
+              resolution: float = 1.0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(x float32 normalised N x C x H x W, y int64) on the device, for this rank's share
-        of batches ``start_step`` .. ``len(self) - 1`` of ``epoch``."""
+        of batches ``start_step`` .. ``len(self) - 1`` of ``epoch``; with ``resolution`` < 1,
+        the augmented images downscaled by it (``augment.downscale``)."""
         order = self.order(epoch).to(self.device)
         for step in range(start_step, len(self)):
             index = order[step * self.batch_size:(step + 1) * self.batch_size]
@@ -96,8 +98,10 @@ class BatchLoader:
             if self.world_size > 1:
                 images = images.tensor_split(self.world_size)[self.rank]
                 labels = labels.tensor_split(self.world_size)[self.rank]
-            yield self._normalized(images), labels
+            yield self._normalized(images, resolution), labels
 
-    def _normalized(self, images: torch.Tensor) -> torch.Tensor:
+    def _normalized(self, images: torch.Tensor, resolution: float = 1.0) -> torch.Tensor:
         x = apply_affine(images, self.scale, self.shift)
+        if resolution != 1.0:
+            x = downscale(x, resolution)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -129,6 +129,16 @@ class TrainConfig:
                                      help="train the whitening stem's bias (model option "
                                      "whiten_bias) for the first N epochs, then freeze it "
                                      "(0: never frozen)")
+    # Progressive resizing (fast.ai's DAWNBench runs): early epochs on smaller images cost
+    # about scale^2 of a full-size epoch's convolutions; the last epochs at full size adapt the
+    # net (and its norm statistics) to the size it is tested at.
+    lowres_epochs: int = option(0, check=at_least(0), metavar="N",
+                                help="train the first N epochs on images downscaled by "
+                                "--lowres-scale (progressive resizing; 0: off)")
+    lowres_scale: float = option(0.75, check=Range(0.25, 1, high_closed=False),
+                                 metavar="F",
+                                 help="with --lowres-epochs: side of the downscaled images, as "
+                                 "a fraction of the full size")
     threads: int = option(0, check=at_least(0), metavar="N",
                           help="torch threads per process (default: one per core; 1 is faster "
                           "when other jobs load the machine)")
@@ -138,6 +148,10 @@ class TrainConfig:
         if self.optimizer == "sgd" and self.momentum == 0:
             raise ConfigError("--momentum must be > 0 with --optimizer sgd (Nesterov momentum), "
                               f"got {self.momentum!r}")
+        if self.lowres_epochs >= self.epochs:
+            raise ConfigError(f"--lowres-epochs {self.lowres_epochs} must be less than --epochs "
+                              f"{self.epochs}: the last epochs train at the size the net is "
+                              "tested at")
         if self.tta_translate and not self.tta_flip:
             raise ConfigError("--tta-translate averages shifted mirror pairs: it needs --tta-flip "
                               "(or add --no-tta-translate)")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from hfsnet.data import AugmentConfig, BatchLoader, DataSplits
+from hfsnet.data.augment import downscale
 from hfsnet.errors import HfsnetError
 from hfsnet.fsutil import atomic_write_bytes
 from hfsnet.models import FeatureClassifier
@@ -185,6 +186,7 @@ class Trainer:
                                   drop_last=len(data.train) > config.batch_size,
                                   device=self.device, channels_last=config.channels_last,
                                   rank=self.dist.rank, world_size=self.dist.world_size)
+        self._check_lowres()
         self.total_steps = config.epochs * len(self.loader)
         self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
         self.lookahead = (Lookahead(self.model, config.lookahead_every, self.total_steps)
@@ -282,7 +284,8 @@ class Trainer:
         t = self.tally
         bar = Progress(len(self.loader), f"epoch {epoch + 1}/{self.config.epochs}",
                        enabled=self.progress and self.dist.is_main)
-        batches = self.loader.epoch(epoch, start_step=t.step)
+        batches = self.loader.epoch(epoch, start_step=t.step,
+                                    resolution=self._resolution(epoch))
         while True:
             # Timed: the batch's preparation, the step and any sync (which waits for the
             # device); not: hooks, progress and checkpoints, which follow a sync.
@@ -309,6 +312,31 @@ class Trainer:
         return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
                 "seconds": t.seconds, "images_per_second": seen / max(1e-9, t.seconds),
                 "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": t.skipped}
+
+    def _check_lowres(self) -> None:
+        """Refuse a ``--lowres-scale`` the model cannot take, before the run writes anything:
+        one image of the downscaled size through the model in eval mode (no statistics move)."""
+        config = self.config
+        if not config.lowres_epochs:
+            return
+        probe = downscale(torch.zeros(1, self.data.in_channels, *self.data.image_size,
+                                      device=self.device), config.lowres_scale)
+        training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                self.model(probe)
+        except (RuntimeError, ValueError) as error:
+            size = "x".join(map(str, probe.shape[-2:]))
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "it failed"
+            raise ConfigError(f"--lowres-scale {config.lowres_scale:g} gives {size} px images, "
+                              f"which --model {config.model} cannot take ({reason})") from None
+        finally:
+            self.model.train(training)
+
+    def _resolution(self, epoch: int) -> float:
+        """The fraction of the full image side that ``epoch`` trains at."""
+        return self.config.lowres_scale if epoch < self.config.lowres_epochs else 1.0
 
     def _maybe_checkpoint(self) -> None:
         signum = self._stop.signum if self._stop is not None else None
