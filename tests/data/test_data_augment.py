@@ -10,6 +10,7 @@ from hfsnet.data import AugmentConfig
 from hfsnet.data.augment import (
     augment,
     cutout,
+    downscale,
     flip_mask,
     random_crop,
     random_flip,
@@ -127,3 +128,16 @@ def test_quarter_turns_of_a_non_square_image_are_refused():
     assert [v.shape for v in views_of(images, "flip")] == [(2, 3, 4, 6)] * 2
     with pytest.raises(DataError, match="--train-views dihedral: .*square images, got 4x6"):
         view_transforms("dihedral", (4, 6))
+
+
+def test_downscale_averages_the_pixels_it_covers() -> None:
+    checkerboard = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2
+    x = checkerboard.float().expand(2, 3, 8, 8)
+    half = downscale(x, 0.5)
+    assert half.shape == (2, 3, 4, 4)
+    # antialiased: each output pixel averages 0s and 1s (within 2% where the filter is clipped
+    # at the border) instead of sampling one of them
+    assert torch.allclose(half[..., 1:3, :], torch.full((2, 3, 2, 4), 0.5), atol=1e-6)
+    assert (half - 0.5).abs().max() < 0.02
+    assert downscale(torch.ones(1, 1, 32, 30), 0.75).shape == (1, 1, 24, 22)  # 22.5 rounds even
+    assert downscale(torch.ones(1, 1, 3, 3), 0.1).shape == (1, 1, 1, 1)

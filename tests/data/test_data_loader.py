@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hfsnet.data import AugmentConfig, BatchLoader, ImageSet, normalize
 
@@ -100,6 +101,17 @@ def test_ranks_split_each_global_batch_of_a_single_process(n, batch_size, world_
 def test_channels_last_output() -> None:
     (x, _), *_ = loader(numbered(4), channels_last=True).epoch(0)
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_resolution_downscales_the_augmented_batch_and_keeps_the_layout() -> None:
+    data = numbered(8)
+    options = dict(augment=AugmentConfig(crop_padding=1), seed=3, channels_last=True)
+    (full, y_full), *_ = loader(data, **options).epoch(1)
+    (small, y_small), *_ = loader(data, **options).epoch(1, resolution=0.5)
+    assert small.shape == (4, 3, 3, 3) and torch.equal(y_small, y_full)
+    assert small.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(small, F.interpolate(full, size=(3, 3), mode="bilinear",
+                                               antialias=True), atol=1e-6)
 
 
 @pytest.mark.parametrize("options, match", [
