@@ -172,3 +172,25 @@ def test_the_probe_of_a_frozen_model_times_its_forward_alone():
     for param in model.parameters():
         param.requires_grad_(False)
     assert math.isfinite(bf16_step_ratio(model, SHAPE))  # no "does not require grad" error
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_untimed_auto_follows_the_cpu_instructions_not_the_probe(monkeypatch, native):
+    """--deterministic: a probe that reads fp32 (bf16 50 ms slower) is not consulted."""
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: native)
+    model = Slow(0.05)
+    assert resolve_precision("auto", CPU, model, SHAPE, timed=False) == ("bf16" if native
+                                                                          else "fp32")
+    assert model.bf16_calls == 0
+    assert resolve_precision("fp32", CPU, model, SHAPE, timed=False) == "fp32"
+
+
+def test_a_deterministic_run_records_the_untimed_choice(monkeypatch, probe, tiny_folder,
+                                                        tmp_path):
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: False)
+    probe(0.1)  # timed, bf16 would win
+    out = tmp_path / "run"
+    result = train(config(tiny_folder, precision="auto", epochs=1, deterministic=True), out,
+                   progress=False)
+    assert result.machine["precision"] == "fp32"
+    assert load_checkpoint(out).meta["config"]["precision"] == "fp32"

@@ -234,7 +234,8 @@ def measure_model(config: TrainConfig, data: DataSplits, cache: Path, *,
     model = create_model(config.model, num_classes=data.num_classes,
                          in_channels=data.in_channels, **options)
     precision = resolve_precision(config.precision, resolve_device(config.device), model, shape,
-                                  channels_last=config.channels_last)
+                                  channels_last=config.channels_last,
+                                  timed=not config.deterministic)
     summary = summarize(model, shape, batch_size=config.batch_size, precision=precision)
     spec = StepSpec(
         model=config.model, model_options=options, num_classes=data.num_classes,

@@ -77,7 +77,8 @@ class TrainConfig:
     device: str = option("auto", choices=DEVICES)
     precision: str = option("auto", choices=PRECISIONS, help="bf16 autocasts on CPU too; auto: "
                             "bf16 where the model's own step, timed before the run, is 1.1x "
-                            "fp32's speed or more (checkpoints record the precision that ran)")
+                            "fp32's speed or more; with --deterministic: bf16 where the CPU "
+                            "has bf16 instructions (checkpoints record the precision that ran)")
     channels_last: bool = option(True, help="NHWC memory layout (faster convolutions on CPU "
                                  "and GPU)")
     # evaluate the test set after every epoch (for learning curves)
@@ -89,7 +90,8 @@ class TrainConfig:
                             help="step checkpoints kept in <run>/checkpoints (default 2)")
     nonfinite: str = option("stop", choices=NONFINITE,
                             help="on a NaN/Inf loss or gradient: stop (default) or skip the step")
-    deterministic: bool = option(False, help="deterministic algorithms, for bit-exact resume "
+    deterministic: bool = option(False, help="deterministic algorithms and an untimed "
+                                 "--precision auto: one command, one result, bit-exact resume "
                                  "(on the CPU)")
     sync_bn: bool = option(False, help="with several processes: batch-norm statistics over the "
                            "global batch")

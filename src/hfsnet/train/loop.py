@@ -167,7 +167,7 @@ class Trainer:
         # rank 0 measures `auto` and every rank takes its choice.
         precision = config.precision if self.dist.rank else resolve_precision(
             config.precision, self.device, self.model, (data.in_channels, *data.image_size),
-            channels_last=config.channels_last)
+            channels_last=config.channels_last, timed=not config.deterministic)
         precision = agree(precision, self.dist)
         self.config = config = dataclasses.replace(config, precision=precision)
         # What the steps run: DDP averages gradients over ranks; self.model stays the plain

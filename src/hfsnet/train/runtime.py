@@ -84,9 +84,14 @@ HOPELESS = 4.0
 
 
 def resolve_precision(precision: str, device: torch.device, model: torch.nn.Module,
-                      input_shape: Sequence[int], *, channels_last: bool = False) -> str:
+                      input_shape: Sequence[int], *, channels_last: bool = False,
+                      timed: bool = True) -> str:
     """``auto``: bf16 where this device runs ``model``'s training step faster than fp32, else
     fp32; others unchanged. ``input_shape``: one image's (channels, height, width).
+
+    ``timed=False`` (what ``--deterministic`` asks for) decides on the CPU by its instruction
+    set alone (:func:`native_cpu_bf16`): a timed probe on a loaded machine can read either
+    side of BF16_GAIN, and two runs of one command would then train in different precisions.
 
     The machine kind has been an AMD EPYC with AVX-512 BF16 (a bf16 matmul at 2.3x fp32's
     rate), an Intel Xeon without AMX (the fast presets' bf16 steps at 0.75-0.78x fp32's) and an
@@ -98,7 +103,16 @@ def resolve_precision(precision: str, device: torch.device, model: torch.nn.Modu
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if not timed:
+        return "bf16" if native_cpu_bf16() else "fp32"
     return precision_for(probed_bf16_ratio(model, input_shape, channels_last=channels_last))
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX-512 BF16 or AMX), where the fast presets'
+    bf16 steps ran at 0.5-0.8x fp32's time; without them bf16 is emulated (0.1x on the AVX2
+    EPYC, docs/performance.md section 0)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def probed_bf16_ratio(model: torch.nn.Module, input_shape: Sequence[int], *,
