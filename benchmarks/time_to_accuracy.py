@@ -140,6 +140,9 @@ def run_once(preset: str, seed: int, args: argparse.Namespace) -> dict[str, obje
             "final_only": args.final_only, "epochs": result["epochs"], "wall_seconds": wall,
             "train_seconds": result["train_seconds"], "test_acc": result["test_acc"],
             "images_per_second": result["images_per_second"], "load_before": load,
+            # `--precision auto` is timed per run: a probe that read fp32 makes a row 2.4x slower
+            # (docs/performance.md 5e), so each row says what ran.
+            "precision": result["machine"]["precision"],
             "curve": curve, **{key(t): time_to(curve, t) for t in THRESHOLDS}}
 
 
@@ -221,12 +224,12 @@ def print_table(rows: list[dict[str, object]], summary: dict[str, dict[str, obje
                 versus: dict[str, dict[str, object]], peer: str) -> None:
     names = [f"t{round(100 * t)}%" for t in THRESHOLDS]
     print(f"{'variant':>10} {'seed':>4} {'epochs':>6} {'wall s':>7} {'train s':>7} "
-          f"{'test acc':>8} " + " ".join(f"{n:>6}" for n in names) + f" {'load':>5}")
+          f"{'test acc':>8} " + " ".join(f"{n:>6}" for n in names) + f" {'load':>5} precision")
     for r in rows:
         print(f"{row_label(r):>10} {r['seed']:>4} {r['epochs']:>6} {r['wall_seconds']:>7.1f} "
               f"{r['train_seconds']:>7.1f} {100 * r['test_acc']:>7.2f}% "
               + " ".join(f"{_cell(r[key(t)], '.0f'):>6}" for t in THRESHOLDS)
-              + f" {r['load_before']:>5.1f}")
+              + f" {r['load_before']:>5.1f} {r.get('precision', '-')}")
     for preset, s in summary.items():
         reached = ", ".join(f"{round(100 * t)}%: {s[f'reached_{round(100 * t)}']}/{s['runs']}"
                             + ("" if s[key(t)] is None else f" in {s[key(t)]:.0f}s")
