@@ -12,8 +12,10 @@ images/s (forward, backward; channels-last, random weights and images, the model
 layers; ``name@side`` for a model's input side, 32 px by default) in both, the settings
 interleaved ``--repeats`` times; and per model the ratios the ``auto`` probe
 (:func:`hfsnet.train.runtime.bf16_step_ratio`) measures at each of its batch sizes,
-``--probe-repeats`` times, and the precision it picks. The CPU
-model and the load average go with the numbers: run it alone.
+``--probe-repeats`` times, and the whole probe's ratio, precision picked and seconds as often.
+``--contend N`` runs N busy-loop processes throughout, a stand-in for other jobs on the machine
+(the probe must still pick bf16 where bf16 is faster). The CPU model and the load average go
+with the numbers: run it alone.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +38,7 @@ from hfsnet.train.runtime import (
     autocast,
     bf16_step_ratio,
     cpu_description,
+    native_cpu_bf16,
     precision_for,
     probed_bf16_ratio,
 )
@@ -97,7 +101,26 @@ def main() -> None:
     parser.add_argument("--probe-repeats", type=int, default=3,
                         help="probes of auto's timing per model and probe batch, to show how "
                         "much one probe varies (--repeats 0 --matmul-size 0: the probes only)")
+    parser.add_argument("--contend", type=int, default=0,
+                        help="busy-loop processes running throughout (default 0)")
     args = parser.parse_args()
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(args.contend)]
+    try:
+        run(args)
+    finally:
+        for hog in hogs:
+            hog.kill()
+
+
+def auto_probe(model: torch.nn.Module, shape: tuple[int, int, int]) -> dict[str, object]:
+    start = time.perf_counter()
+    ratio = probed_bf16_ratio(model, shape, channels_last=True)
+    return {"ratio": ratio, "picks": precision_for(ratio, native=native_cpu_bf16()),
+            "seconds": time.perf_counter() - start}
+
+
+def run(args: argparse.Namespace) -> None:
     load_before = os.getloadavg()
     matmul = {}
     for threads in (1, 2) if args.matmul_size else ():
@@ -120,9 +143,9 @@ def main() -> None:
         model, shape = build(spec), (3, side, side)
         by_batch = {batch: [bf16_step_ratio(model, shape, channels_last=True, batch=batch)
                             for _ in range(args.probe_repeats)] for batch in PROBE_BATCHES}
-        probe = probed_bf16_ratio(model, shape, channels_last=True)
-        steps[spec] = {"probe_by_batch": by_batch, "auto_probe_ratio": probe,
-                       "auto_picks": precision_for(probe)}
+        autos = [auto_probe(model, shape) for _ in range(args.probe_repeats)]
+        steps[spec] = {"probe_by_batch": by_batch, "auto_probes": autos,
+                       "auto_fp32_picks": sum(a["picks"] == "fp32" for a in autos)}
         r = runs.get(spec)
         if r:
             steps[spec].update({
@@ -135,13 +158,16 @@ def main() -> None:
                   f"img/s, bf16 = {s['bf16_over_fp32']:.2f}x fp32")
         probes = "; ".join(f"batch {b}: " + ", ".join(f"{v:.2f}" for v in values)
                            for b, values in s["probe_by_batch"].items())
-        print(f"{spec}: probe ratios (bf16 step time / fp32's) {probes}; auto's probe "
-              f"{s['auto_probe_ratio']:.2f} -> {s['auto_picks']}")
+        autos = ", ".join(f"{a['ratio']:.2f} -> {a['picks']} ({a['seconds']:.1f} s)"
+                          for a in s["auto_probes"])
+        print(f"{spec}: probe ratios (bf16 step time / fp32's) {probes}; auto's probes "
+              f"{autos}: fp32 {s['auto_fp32_picks']} of {len(s['auto_probes'])}")
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps({
         "command": "benchmarks/precision.py " + " ".join(sys.argv[1:]),
         "cpu": cpu_description(), "cpus": os.cpu_count(), "torch": torch.__version__,
         "batch": args.batch, "threads": args.threads, "matmul_size": args.matmul_size,
+        "contend": args.contend,
         "load_before": load_before,
         "load_after": os.getloadavg(), "matmul_gflops": matmul, "steps": steps}, indent=2)
         + "\n")

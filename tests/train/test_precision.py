@@ -64,44 +64,94 @@ def test_concrete_precisions_pass_through_untouched(probe):
     assert resolve_precision("bf16", CPU, net(), SHAPE) == "bf16"
 
 
-@pytest.mark.parametrize(("ratio", "picked"), [(0.5, "bf16"), (0.9, "bf16"), (0.95, "fp32"),
-                                               (1.4, "fp32")])
-def test_auto_takes_bf16_only_when_it_is_at_least_ten_percent_faster(probe, ratio, picked):
+@pytest.mark.parametrize(("native", "ratio", "picked"), [
+    (False, 0.5, "bf16"), (False, 0.9, "bf16"), (False, 0.95, "fp32"), (False, 1.4, "fp32"),
+    (True, 0.95, "bf16"), (True, 1.0, "bf16"), (True, 1.05, "fp32")])
+def test_emulated_bf16_must_be_ten_percent_faster_and_native_fp32_must_be_faster(
+        monkeypatch, probe, native, ratio, picked):
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: native)
     probe(ratio)
     assert resolve_precision("auto", CPU, net(), SHAPE) == picked
 
 
 @pytest.fixture
 def by_batch(monkeypatch):
-    """Replace the timing probe by a ratio per batch size; returns the batches it was asked."""
+    """Replace the timing probe by a ratio per batch size (a list: one per reading, in order);
+    returns the batches it was asked."""
     asked = []
 
-    def set_ratios(ratios):
+    def set_ratios(ratios, native=True):
         def fake(*args, batch, **kwargs):
             asked.append(batch)
-            return ratios[batch]
+            value = ratios[batch]
+            return value.pop(0) if isinstance(value, list) else value
         monkeypatch.setattr(runtime, "bf16_step_ratio", fake)
+        monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: native)
         return asked
     return set_ratios
 
 
-@pytest.mark.parametrize(("ratios", "asked", "picked"), [
-    ({4: 0.5}, [4], "bf16"),                          # clear at once
-    ({4: 2.0}, [4], "fp32"),
-    ({4: 0.95, 16: 0.6}, [4, 16], "bf16"),            # 4 images would have said fp32
-    ({4: 0.8, 16: 0.8, 64: 0.95}, [4, 16, 64], "fp32"),  # the last batch decides
+@pytest.mark.parametrize(("native", "ratios", "asked", "picked"), [
+    # bf16 instructions: a bf16 reading ends the probe, an fp32 one is checked on more images
+    (True, {4: 0.5}, [4], "bf16"),
+    (True, {4: 0.9}, [4], "bf16"),
+    (True, {4: 0.97}, [4], "bf16"),                    # native: fp32 must be the faster
+    (True, {4: 1.05, 16: 0.6}, [4, 16], "bf16"),        # 4 images would have said fp32
+    (True, {4: 9.0, 16: 1.2, 64: 0.6}, [4, 16, 64], "bf16"),  # a disturbed reading is not final
+    (True, {4: 1.4, 16: 1.4, 64: 1.4}, [4, 16, 64, 64], "fp32"),  # a model slower in bf16
+    (True, {4: 1.2, 16: 1.2, 64: [1.1, 0.6]}, [4, 16, 64, 64], "bf16"),  # overruled once only
+    (True, {4: 1.05, 16: 1.05, 64: [1.02, 1.05]}, [4, 16, 64, 64], "fp32"),
+    # emulated bf16: a clear fp32 reading ends it, anything else is checked on more images
+    (False, {4: 2.0}, [4], "fp32"),
+    (False, {4: 1.2, 16: 1.4}, [4, 16], "fp32"),
+    (False, {4: 0.8, 16: 0.8, 64: [0.78, 0.8]}, [4, 16, 64, 64], "bf16"),  # Xeon without AMX
+    (False, {4: 0.8, 16: 0.8, 64: [0.78, 1.0]}, [4, 16, 64, 64], "fp32"),
 ])
-def test_an_unclear_probe_is_timed_again_on_a_bigger_batch(by_batch, ratios, asked, picked):
-    tried = by_batch(ratios)
+def test_the_probe_times_bigger_batches_until_a_reading_agrees_with_the_cpu(
+        by_batch, native, ratios, asked, picked):
+    tried = by_batch(ratios, native)
     assert resolve_precision("auto", CPU, net(), SHAPE) == picked
     assert tried == asked
 
 
-def test_a_slow_probe_is_not_repeated_on_a_bigger_batch(by_batch, monkeypatch):
-    monkeypatch.setattr(runtime, "PROBE_SECONDS", 0.0)  # every probe counts as too slow
-    tried = by_batch({4: 0.95, 16: 0.6})
-    assert resolve_precision("auto", CPU, net(), SHAPE) == "fp32"
-    assert tried == [4]
+@pytest.mark.parametrize(("native", "first", "second", "picked"), [
+    (True, 1.2, 0.6, "bf16"), (True, 1.2, 1.05, "fp32"),
+    (False, 0.8, 0.85, "bf16"), (False, 0.8, 1.2, "fp32")])
+def test_a_slow_probe_is_timed_again_on_its_own_batch(by_batch, monkeypatch, native, first,
+                                                      second, picked):
+    monkeypatch.setattr(runtime, "PROBE_SECONDS", 0.0)  # every bigger batch counts as too slow
+    tried = by_batch({4: [first, second], 16: 0.5}, native)
+    assert resolve_precision("auto", CPU, net(), SHAPE) == picked
+    assert tried == [4, 4]
+
+
+class Recording(nn.Module):
+    """Sleeps ``fp32``/``bf16`` seconds per forward and ``spell`` more on its ``busy``-th call
+    (a busy spell of another process); records the precision of each call."""
+
+    def __init__(self, fp32, bf16, spell=0.0, busy=-1):
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+        self.times = {"fp32": fp32, "bf16": bf16}
+        self.spell, self.busy, self.calls = spell, busy, []
+
+    def forward(self, x):
+        precision = "bf16" if torch.is_autocast_enabled("cpu") else "fp32"
+        self.calls.append(precision)
+        time.sleep(self.times[precision] + self.spell * (len(self.calls) - 1 == self.busy))
+        return self.linear(x.mean((2, 3)))
+
+
+def test_the_probe_interleaves_the_precisions_after_a_warm_up_each():
+    model = Recording(0.001, 0.001)
+    bf16_step_ratio(model, SHAPE)
+    assert model.calls == ["fp32", "bf16"] + ["fp32", "bf16"] * runtime.PROBE_PAIRS
+
+
+@pytest.mark.parametrize("busy", [2, 3, 5])  # the first timed fp32 step, bf16 step, a later one
+def test_one_disturbed_step_does_not_change_the_reading(busy):
+    model = Recording(0.02, 0.01, spell=0.2, busy=busy)
+    assert 0.4 < bf16_step_ratio(model, SHAPE) < 0.7
 
 
 def test_the_probe_times_the_model_and_leaves_no_trace():
@@ -126,7 +176,7 @@ def test_a_slower_bf16_step_picks_fp32_and_a_hopeless_one_is_timed_once():
 def test_a_faster_bf16_step_picks_bf16():
     model = Slow(0.02, in_bf16=False)  # fp32 is the slow one
     assert bf16_step_ratio(model, SHAPE) < 0.5
-    assert model.bf16_calls == 3  # a warm-up and the best of 2
+    assert model.bf16_calls == 1 + runtime.PROBE_PAIRS  # a warm-up and the timed steps
     assert resolve_precision("auto", CPU, Slow(0.02, in_bf16=False), SHAPE) == "bf16"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import platform
 import random
@@ -63,23 +62,34 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-# bf16 is chosen when its probe step takes at most this fraction of fp32's: below a 10% gain the
-# rounding is not worth it.
+# Where the CPU emulates bf16, bf16 is chosen only when its probe step takes at most this fraction
+# of fp32's: below a 10% gain the rounding is not worth it. Where it has bf16 instructions (and the
+# presets were measured in bf16), fp32 is chosen only when its step is the faster one.
 BF16_GAIN = 1 / 1.1
 # The probe's first batch: big enough for oneDNN's batched kernels, small enough that a machine
 # that emulates bf16 (10x slower in EfficientNet-Lite0's step on an AVX2-only EPYC) pays ~1 s.
 PROBE_BATCH = 4
 # At 4 images the kernels' fixed costs blur the difference. On the AVX-512 EPYC five probes of
-# hfs-air-s read 0.78-1.04 at batch 4 (two of five above BF16_GAIN: fp32), 0.65-0.82 at 16 and
-# 0.49-0.66 at 64 (`benchmarks/precision.py --repeats 0 --matmul-size 0 --probe-repeats 5`,
+# hfs-air-s read 0.78-1.04 at batch 4, 0.65-0.82 at 16 and 0.49-0.66 at 64
+# (`benchmarks/precision.py --repeats 0 --matmul-size 0 --probe-repeats 5`,
 # results/precision-probe-epyc.json), and a fast-long run whose probe read fp32 trained at 2.4x
-# the time per epoch. So a ratio inside UNCLEAR is timed again on the next batch, until one is
-# clear, the last batch is reached, or the next probe would take over PROBE_SECONDS (this one's
-# time scaled by the batch: a big model's probe would cost more time and memory than it saves).
+# the time per epoch. So the probe moves on to the next batch until a reading agrees with what
+# the CPU's instructions predict (:func:`agrees_with_cpu`); a disagreeing reading at the last
+# batch it affords is timed again and overrules the prediction only if both readings do. Each
+# reading is the best of PROBE_PAIRS interleaved fp32/bf16 steps after a warm-up each: contention
+# only adds time, so the minimum is the least disturbed step. With busy-loop processes beside it
+# (`benchmarks/precision.py ... --probe-repeats 12 --contend N --models air-plain-s,hfs-air-s`,
+# results/precision-probe-epyc-contend*.json) it picked fp32 in 0 of 24 probes beside one and
+# 4 of 24 beside three; the probe before (best of 2, fp32's steps before bf16's, a cold bf16
+# call against warm fp32 ones, one reading deciding) in 5 and 8 of 24 (docs/performance.md 5e).
 PROBE_BATCHES = (PROBE_BATCH, 16, 64)
-UNCLEAR = (0.75, 1.33)
+CLEAR_FP32 = 1.33
+PROBE_PAIRS = 3
+# A batch whose probe would take over this many seconds (the last one's time scaled by the
+# batch) is not timed: a big model's probe would cost more time and memory than it saves.
 PROBE_SECONDS = 2.0
-# A first bf16 call this many times slower than fp32's best step ends the probe: bf16 cannot win.
+# A first (untimed, kernel-picking) bf16 call this many times slower than the first fp32 call
+# ends the reading: bf16 cannot win (emulated bf16 ran 10x slower on an AVX2-only EPYC).
 HOPELESS = 4.0
 
 
@@ -105,7 +115,8 @@ def resolve_precision(precision: str, device: torch.device, model: torch.nn.Modu
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if not timed:
         return "bf16" if native_cpu_bf16() else "fp32"
-    return precision_for(probed_bf16_ratio(model, input_shape, channels_last=channels_last))
+    ratio = probed_bf16_ratio(model, input_shape, channels_last=channels_last)
+    return precision_for(ratio, native=native_cpu_bf16())
 
 
 def native_cpu_bf16() -> bool:
@@ -117,27 +128,44 @@ def native_cpu_bf16() -> bool:
 
 def probed_bf16_ratio(model: torch.nn.Module, input_shape: Sequence[int], *,
                       channels_last: bool = False) -> float:
-    """:func:`bf16_step_ratio` at the first of PROBE_BATCHES, then at the next while the ratio
-    is UNCLEAR (see there)."""
-    for batch, following in itertools.pairwise(PROBE_BATCHES):
+    """:func:`bf16_step_ratio` at the first of PROBE_BATCHES, then at the next until a reading
+    agrees with :func:`native_cpu_bf16`; a disagreeing reading at the biggest batch the probe
+    affords is timed again, and the CPU's prediction wins unless both readings overrule it
+    (see PROBE_BATCHES)."""
+    native = native_cpu_bf16()
+    lean = min if native else max
+    batches = list(PROBE_BATCHES)
+    batch = batches.pop(0)
+    while True:
         start = time.perf_counter()
         ratio = bf16_step_ratio(model, input_shape, channels_last=channels_last, batch=batch)
-        next_cost = (time.perf_counter() - start) * following / batch
-        if not UNCLEAR[0] < ratio < UNCLEAR[1] or next_cost > PROBE_SECONDS:
+        if agrees_with_cpu(ratio, native):
             return ratio
-    return bf16_step_ratio(model, input_shape, channels_last=channels_last,
-                           batch=PROBE_BATCHES[-1])
+        cost = (time.perf_counter() - start) / batch  # seconds of probe per image
+        if not batches or cost * batches[0] > PROBE_SECONDS:
+            return lean(ratio, bf16_step_ratio(model, input_shape,
+                                               channels_last=channels_last, batch=batch))
+        batch = batches.pop(0)
 
 
-def precision_for(ratio: float) -> str:
-    """The precision ``auto`` takes for a measured bf16/fp32 step-time ``ratio``."""
-    return "bf16" if ratio <= BF16_GAIN else "fp32"
+def agrees_with_cpu(ratio: float, native: bool) -> bool:
+    """Whether a reading ends the probe: with bf16 instructions any bf16 verdict (small batches
+    read high, their fixed costs being the same in both precisions), without them a clear fp32
+    one."""
+    return precision_for(ratio, native=True) == "bf16" if native else ratio >= CLEAR_FP32
+
+
+def precision_for(ratio: float, *, native: bool) -> str:
+    """The precision ``auto`` takes for a measured bf16/fp32 step-time ``ratio`` on a CPU with
+    (``native``) or without bf16 instructions (see BF16_GAIN)."""
+    return "bf16" if ratio <= (1.0 if native else BF16_GAIN) else "fp32"
 
 
 def bf16_step_ratio(model: torch.nn.Module, input_shape: Sequence[int], *,
                     channels_last: bool = False, batch: int = PROBE_BATCH) -> float:
     """Time of ``model``'s forward + backward under bf16 autocast over the fp32 one on the CPU
-    (below 1: bf16 is faster), best of 2 after a warm-up each, on random images. The model runs
+    (below 1: bf16 is faster), the best of PROBE_PAIRS interleaved steps after a warm-up each,
+    on random images. The model runs
     in eval mode (batch-norm statistics and dropout untouched) and its gradients are restored,
     so the probe leaves no trace."""
     generator = torch.Generator().manual_seed(0)
@@ -159,12 +187,14 @@ def bf16_step_ratio(model: torch.nn.Module, input_shape: Sequence[int], *,
         return time.perf_counter() - start
 
     try:
-        step("fp32")  # warm-up: oneDNN picks its kernels
-        fp32 = min(step("fp32") for _ in range(2))
-        first = step("bf16")
-        if first > HOPELESS * fp32:
-            return first / fp32
-        return min(step("bf16") for _ in range(2)) / fp32
+        cold_fp32, cold_bf16 = step("fp32"), step("bf16")  # warm-ups: oneDNN picks its kernels
+        if cold_bf16 > HOPELESS * cold_fp32:
+            return cold_bf16 / cold_fp32
+        times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        for _ in range(PROBE_PAIRS):
+            for precision, seconds in times.items():
+                seconds.append(step(precision))
+        return min(times["bf16"]) / min(times["fp32"])
     finally:
         for param, grad in zip(params, grads, strict=True):
             param.grad = grad
