@@ -1,4 +1,4 @@
-"""Progressive resizing (--lowres-epochs): which epochs train small, resume, refusals."""
+"""Progressive resizing (--lowres-fraction): which epochs train small, resume, refusals."""
 
 import pytest
 import torch
@@ -12,7 +12,7 @@ from hfsnet.train.run import build_model
 
 
 def lowres_air(data, **over):
-    values = dict(data=str(data), epochs=3, lowres_epochs=2, lowres_scale=0.75, batch_size=16,
+    values = dict(data=str(data), epochs=3, lowres_fraction=0.7, lowres_scale=0.75, batch_size=16,
                   eval_batch_size=10, lr=0.2, model_options={"widths": [4, 8, 8]},
                   precision="fp32", channels_last=False)
     values.update(over)
@@ -44,8 +44,18 @@ def test_resume_inside_a_downscaled_epoch_is_bit_identical(tiny_folder, full_and
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize(("fraction", "epochs", "small"), [
+    (0.5, 10, 5), (0.5, 7, 3), (0.5, 1, 0), (0.29, 100, 29), (0.7, 10, 7), (0.0, 10, 0),
+    (0.99, 3, 2)])
+def test_the_fraction_of_epochs_rounds_down_and_always_leaves_a_full_size_one(fraction, epochs,
+                                                                              small):
+    config = resolve_config("fast", data="x", epochs=epochs, lowres_fraction=fraction)
+    assert config.lowres_epochs() == small < epochs
+
+
 @pytest.mark.parametrize("over, match", [
-    (dict(lowres_epochs=3), "--lowres-epochs 3 must be less than --epochs 3"),
+    (dict(lowres_fraction=1.0), "lowres-fraction"),
+    (dict(lowres_fraction=-0.1), "lowres-fraction"),
     (dict(lowres_scale=1.0), "lowres-scale"),
     (dict(lowres_scale=0.2), "lowres-scale"),
 ])
@@ -59,7 +69,7 @@ def test_a_scale_the_model_cannot_take_is_one_line_before_the_run_writes(tiny_fo
     out = tmp_path / "run"
     # 16 px at 0.5 is 8 px: the stem leaves 7, and three pooled stages need at least 8
     argv = ["train", "--recipe", "fast", "--data", str(tiny_folder), "--out", str(out),
-            "--epochs", "2", "--lowres-epochs", "1", "--lowres-scale", "0.5", "--batch-size",
+            "--epochs", "2", "--lowres-fraction", "0.5", "--lowres-scale", "0.5", "--batch-size",
             "8", "--precision", "fp32", "--quiet", "--model-opt", "widths=[4,4,4]"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

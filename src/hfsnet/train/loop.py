@@ -317,7 +317,7 @@ class Trainer:
         """Refuse a ``--lowres-scale`` the model cannot take, before the run writes anything:
         one image of the downscaled size through the model in eval mode (no statistics move)."""
         config = self.config
-        if not config.lowres_epochs:
+        if not config.lowres_epochs():
             return
         probe = downscale(torch.zeros(1, self.data.in_channels, *self.data.image_size,
                                       device=self.device), config.lowres_scale)
@@ -336,7 +336,7 @@ class Trainer:
 
     def _resolution(self, epoch: int) -> float:
         """The fraction of the full image side that ``epoch`` trains at."""
-        return self.config.lowres_scale if epoch < self.config.lowres_epochs else 1.0
+        return self.config.lowres_scale if epoch < self.config.lowres_epochs() else 1.0
 
     def _maybe_checkpoint(self) -> None:
         signum = self._stop.signum if self._stop is not None else None
