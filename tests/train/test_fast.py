@@ -83,8 +83,11 @@ def test_fast_recipes():
     assert (fast.label_smoothing, fast.crop_padding, fast.flip, fast.tta_flip) == \
         (0.2, 2, True, True)
     assert (fast.precision, fast.channels_last, fast.track_test) == ("auto", True, False)
+    assert (fast.epochs, fast.lowres_fraction, fast.lowres_scale, fast.lowres_epochs()) == \
+        (10, 0.5, 0.625, 5)  # progressive resizing: 5 epochs at 20 px, then 5 at 32
     long = resolve_config("fast-long", data="x")
     assert (long.model, long.tta_translate, fast.tta_translate) == ("air-plain-m", True, False)
+    assert long.lowres_fraction == 0.0  # not measured there
     assert long.epochs > fast.epochs
     plain = resolve_config("fast", data="x", epochs=2, tta_flip=False, tta_translate=False)
     assert (plain.tta_flip, plain.tta_translate) == (False, False)
