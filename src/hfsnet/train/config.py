@@ -268,7 +268,8 @@ _AIR: dict[str, Any] = {
 # time of a 32 px one): 87.29% (87.01-87.71, 5 seeds) in a median 263 s against the 7 epochs at
 # 32 px before it, 86.77% (86.53-86.88) in 248 s, interleaved seed by seed in one session
 # (docs/performance.md 5e, results/time_to_accuracy-epyc-lowres-seeds.json). fast-long keeps
-# full-size epochs: resizing was not measured there.
+# full-size epochs: 18 with the first 9 at 20 px gave 89.50% in 765 s against its 89.33% in
+# 709 s (seed 0; results/time_to_accuracy-epyc-lowres-long.json).
 RECIPES["fast"] = {**_AIR, "model": "air-plain-s", "epochs": 10, "lowres_fraction": 0.5,
                    "lowres_scale": 0.625, "eval_batch_size": 250}
 RECIPES["fast-long"] = {**_AIR, "model": "air-plain-m", "epochs": 14, "eval_batch_size": 250,
