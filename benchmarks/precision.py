@@ -113,15 +113,17 @@ def main() -> None:
             hog.kill()
 
 
-def auto_probe(model: torch.nn.Module, shape: tuple[int, int, int]) -> dict[str, object]:
+def auto_probe(model: torch.nn.Module, shape: tuple[int, int, int],
+               native: bool) -> dict[str, object]:
     start = time.perf_counter()
-    ratio = probed_bf16_ratio(model, shape, channels_last=True)
-    return {"ratio": ratio, "picks": precision_for(ratio, native=native_cpu_bf16()),
+    ratio = probed_bf16_ratio(model, shape, channels_last=True, native=native)
+    return {"ratio": ratio, "picks": precision_for(ratio, native=native),
             "seconds": time.perf_counter() - start}
 
 
 def run(args: argparse.Namespace) -> None:
     load_before = os.getloadavg()
+    native = native_cpu_bf16()
     matmul = {}
     for threads in (1, 2) if args.matmul_size else ():
         for kind, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
@@ -143,7 +145,7 @@ def run(args: argparse.Namespace) -> None:
         model, shape = build(spec), (3, side, side)
         by_batch = {batch: [bf16_step_ratio(model, shape, channels_last=True, batch=batch)
                             for _ in range(args.probe_repeats)] for batch in PROBE_BATCHES}
-        autos = [auto_probe(model, shape) for _ in range(args.probe_repeats)]
+        autos = [auto_probe(model, shape, native) for _ in range(args.probe_repeats)]
         steps[spec] = {"probe_by_batch": by_batch, "auto_probes": autos,
                        "auto_fp32_picks": sum(a["picks"] == "fp32" for a in autos)}
         r = runs.get(spec)

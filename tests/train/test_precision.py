@@ -25,20 +25,21 @@ def net():
                          nn.Flatten(), nn.Linear(256, 2))
 
 
-class Slow(nn.Module):
-    """Sleeps ``seconds`` per forward under bf16 autocast (or, ``in_bf16=False``, in fp32) and
-    counts its bf16 calls: a model whose precisions differ by a known time."""
+class Timed(nn.Module):
+    """Sleeps ``fp32``/``bf16`` seconds per forward and ``spell`` more on its ``busy``-th call
+    (a busy spell of another process); records the precision of each call: a model whose
+    precisions differ by a known time."""
 
-    def __init__(self, seconds, in_bf16=True):
+    def __init__(self, fp32=0.0, bf16=0.0, spell=0.0, busy=-1):
         super().__init__()
         self.linear = nn.Linear(3, 2)
-        self.seconds, self.in_bf16, self.bf16_calls = seconds, in_bf16, 0
+        self.times = {"fp32": fp32, "bf16": bf16}
+        self.spell, self.busy, self.calls = spell, busy, []
 
     def forward(self, x):
-        bf16 = torch.is_autocast_enabled("cpu")
-        self.bf16_calls += bf16
-        if bf16 == self.in_bf16:
-            time.sleep(self.seconds)
+        precision = "bf16" if torch.is_autocast_enabled("cpu") else "fp32"
+        self.calls.append(precision)
+        time.sleep(self.times[precision] + self.spell * (len(self.calls) - 1 == self.busy))
         return self.linear(x.mean((2, 3)))
 
 
@@ -125,32 +126,15 @@ def test_a_slow_probe_is_timed_again_on_its_own_batch(by_batch, monkeypatch, nat
     assert tried == [4, 4]
 
 
-class Recording(nn.Module):
-    """Sleeps ``fp32``/``bf16`` seconds per forward and ``spell`` more on its ``busy``-th call
-    (a busy spell of another process); records the precision of each call."""
-
-    def __init__(self, fp32, bf16, spell=0.0, busy=-1):
-        super().__init__()
-        self.linear = nn.Linear(3, 2)
-        self.times = {"fp32": fp32, "bf16": bf16}
-        self.spell, self.busy, self.calls = spell, busy, []
-
-    def forward(self, x):
-        precision = "bf16" if torch.is_autocast_enabled("cpu") else "fp32"
-        self.calls.append(precision)
-        time.sleep(self.times[precision] + self.spell * (len(self.calls) - 1 == self.busy))
-        return self.linear(x.mean((2, 3)))
-
-
 def test_the_probe_interleaves_the_precisions_after_a_warm_up_each():
-    model = Recording(0.001, 0.001)
+    model = Timed(0.001, 0.001)
     bf16_step_ratio(model, SHAPE)
     assert model.calls == ["fp32", "bf16"] + ["fp32", "bf16"] * runtime.PROBE_PAIRS
 
 
 @pytest.mark.parametrize("busy", [2, 3, 5])  # the first timed fp32 step, bf16 step, a later one
 def test_one_disturbed_step_does_not_change_the_reading(busy):
-    model = Recording(0.02, 0.01, spell=0.2, busy=busy)
+    model = Timed(0.02, 0.01, spell=0.2, busy=busy)
     assert 0.4 < bf16_step_ratio(model, SHAPE) < 0.7
 
 
@@ -167,17 +151,17 @@ def test_the_probe_times_the_model_and_leaves_no_trace():
 
 
 def test_a_slower_bf16_step_picks_fp32_and_a_hopeless_one_is_timed_once():
-    model = Slow(0.05)  # bf16 takes 50 ms more per step than a ~0.1 ms fp32 step
+    model = Timed(bf16=0.05)  # bf16 takes 50 ms more per step than a ~0.1 ms fp32 step
     assert bf16_step_ratio(model, SHAPE) > runtime.HOPELESS
-    assert model.bf16_calls == 1  # the first bf16 step ended the probe
-    assert resolve_precision("auto", CPU, Slow(0.05), SHAPE) == "fp32"
+    assert model.calls.count("bf16") == 1  # the first bf16 step ended the probe
+    assert resolve_precision("auto", CPU, Timed(bf16=0.05), SHAPE) == "fp32"
 
 
 def test_a_faster_bf16_step_picks_bf16():
-    model = Slow(0.02, in_bf16=False)  # fp32 is the slow one
+    model = Timed(fp32=0.02)  # fp32 is the slow one
     assert bf16_step_ratio(model, SHAPE) < 0.5
-    assert model.bf16_calls == 1 + runtime.PROBE_PAIRS  # a warm-up and the timed steps
-    assert resolve_precision("auto", CPU, Slow(0.02, in_bf16=False), SHAPE) == "bf16"
+    assert model.calls.count("bf16") == 1 + runtime.PROBE_PAIRS  # a warm-up and the timed steps
+    assert resolve_precision("auto", CPU, Timed(fp32=0.02), SHAPE) == "bf16"
 
 
 def test_autocast_refuses_an_unresolved_precision():
@@ -228,10 +212,10 @@ def test_the_probe_of_a_frozen_model_times_its_forward_alone():
 def test_untimed_auto_follows_the_cpu_instructions_not_the_probe(monkeypatch, native):
     """--deterministic: a probe that reads fp32 (bf16 50 ms slower) is not consulted."""
     monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: native)
-    model = Slow(0.05)
+    model = Timed(bf16=0.05)
     assert resolve_precision("auto", CPU, model, SHAPE, timed=False) == ("bf16" if native
                                                                           else "fp32")
-    assert model.bf16_calls == 0
+    assert model.calls.count("bf16") == 0
     assert resolve_precision("fp32", CPU, model, SHAPE, timed=False) == "fp32"
 
 

@@ -115,8 +115,9 @@ def resolve_precision(precision: str, device: torch.device, model: torch.nn.Modu
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if not timed:
         return "bf16" if native_cpu_bf16() else "fp32"
-    ratio = probed_bf16_ratio(model, input_shape, channels_last=channels_last)
-    return precision_for(ratio, native=native_cpu_bf16())
+    native = native_cpu_bf16()
+    ratio = probed_bf16_ratio(model, input_shape, channels_last=channels_last, native=native)
+    return precision_for(ratio, native=native)
 
 
 def native_cpu_bf16() -> bool:
@@ -127,12 +128,11 @@ def native_cpu_bf16() -> bool:
 
 
 def probed_bf16_ratio(model: torch.nn.Module, input_shape: Sequence[int], *,
-                      channels_last: bool = False) -> float:
+                      channels_last: bool = False, native: bool) -> float:
     """:func:`bf16_step_ratio` at the first of PROBE_BATCHES, then at the next until a reading
-    agrees with :func:`native_cpu_bf16`; a disagreeing reading at the biggest batch the probe
-    affords is timed again, and the CPU's prediction wins unless both readings overrule it
-    (see PROBE_BATCHES)."""
-    native = native_cpu_bf16()
+    agrees with the CPU (``native``: :func:`native_cpu_bf16`); a disagreeing reading at the
+    biggest batch the probe affords is timed again, and the CPU's prediction wins unless both
+    readings overrule it (see PROBE_BATCHES)."""
     lean = min if native else max
     batches = list(PROBE_BATCHES)
     batch = batches.pop(0)
@@ -165,9 +165,8 @@ def bf16_step_ratio(model: torch.nn.Module, input_shape: Sequence[int], *,
                     channels_last: bool = False, batch: int = PROBE_BATCH) -> float:
     """Time of ``model``'s forward + backward under bf16 autocast over the fp32 one on the CPU
     (below 1: bf16 is faster), the best of PROBE_PAIRS interleaved steps after a warm-up each,
-    on random images. The model runs
-    in eval mode (batch-norm statistics and dropout untouched) and its gradients are restored,
-    so the probe leaves no trace."""
+    on random images. The model runs in eval mode (batch-norm statistics and dropout untouched)
+    and its gradients are restored, so the probe leaves no trace."""
     generator = torch.Generator().manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, *input_shape, generator=generator).contiguous(memory_format=fmt)
