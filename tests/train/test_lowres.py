@@ -6,6 +6,7 @@ import torch
 from hfsnet.cli import main
 from hfsnet.data import load_dataset
 from hfsnet.train import resolve_config
+from hfsnet.train.checkpoint_schema import SchemaError, check_config
 from hfsnet.train.config import ConfigError
 from hfsnet.train.loop import Trainer
 from hfsnet.train.run import build_model
@@ -76,3 +77,17 @@ def test_a_scale_the_model_cannot_take_is_one_line_before_the_run_writes(tiny_fo
     assert len(err) == 1 and "--lowres-scale 0.5 gives 8x8 px images" in err[0]
     assert "air-plain-s cannot take" in err[0]
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_config_saved_with_a_count_of_small_epochs_loads_with_the_same_epochs_small():
+    """Checkpoints of 954de0b-7431a32 carry lowres_epochs: N; they load and resume as before."""
+    saved = resolve_config("fast", data="x").to_dict()
+    del saved["lowres_fraction"]
+    for epochs in range(2, 101):
+        for count in range(epochs):
+            config = check_config({**saved, "epochs": epochs, "lowres_epochs": count})
+            assert config.lowres_epochs() == count, (count, epochs)
+    with pytest.raises(SchemaError, match="lowres_epochs"):  # not a count: named, not guessed
+        check_config({**saved, "lowres_epochs": "3"})
+    with pytest.raises(SchemaError, match="lowres-fraction"):  # was refused then as well
+        check_config({**saved, "epochs": 4, "lowres_epochs": 4})

@@ -167,7 +167,20 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a plain dict, rejecting unknown keys and values of the wrong type."""
-        return cls(**checked_fields(cls, values))
+        return cls(**checked_fields(cls, _upgraded(values)))
+
+
+def _upgraded(values: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before ``lowres_fraction`` (commits 954de0b-7431a32 saved
+    ``lowres_epochs: N``) as ``lowres_fraction = N / epochs``: the same epochs train small, so
+    those checkpoints still load and resume exactly. A value that is not a count of epochs is
+    left for :func:`checked_fields` to name."""
+    count, epochs = values.get("lowres_epochs"), values.get("epochs", TrainConfig.epochs)
+    counts = all(isinstance(v, int) and not isinstance(v, bool) for v in (count, epochs))
+    if not counts or epochs < 1 or "lowres_fraction" in values:
+        return values
+    upgraded = {key: value for key, value in values.items() if key != "lowres_epochs"}
+    return {**upgraded, "lowres_fraction": count / epochs}
 
 
 def _accepts(hint: Any, value: Any) -> bool:
