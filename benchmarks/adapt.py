@@ -74,6 +74,7 @@ from hfsnet.data import DataSplits, load_dataset, to_rgb
 from hfsnet.models import create_model
 from hfsnet.models.level_head import install_head
 from hfsnet.train import resolve_config, train
+from hfsnet.train.allocator import allocator_in_effect, retain_freed_memory
 from hfsnet.train.runtime import cpu_description
 from hfsnet.transfer.finetune import FinetuneOptions, build_finetuner
 from hfsnet.transfer.fit import HeadOptions, cache_for, fit_cached_head, score_descriptors
@@ -538,7 +539,7 @@ def run_grid(args: argparse.Namespace, log: Path) -> None:
                             **run_cell(state, regime, method, seed),
                             "load_before": before, "load_after": load_average(),
                             "omp_threads": os.environ.get("OMP_NUM_THREADS"),
-                            "cpu": cpu_description(),
+                            "cpu": cpu_description(), "allocator": allocator_in_effect(),
                             "torch_threads": torch.get_num_threads()}
                     print(json.dumps(cell), file=sys.stderr, flush=True)
                     with log.open("a") as file:
@@ -607,6 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "cells.jsonl"
     if not args.report:
+        retain_freed_memory()  # as every hfsnet command does (its cli cells run hfsnet itself)
         record_command(args.work, argv)
         run_grid(args, log)
         write_results(args, log)

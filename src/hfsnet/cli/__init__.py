@@ -18,6 +18,7 @@ import torch
 from hfsnet.cli import adapt, analysis, interop, train, transfer
 from hfsnet.errors import HfsnetError
 from hfsnet.textutil import printable
+from hfsnet.train.allocator import retain_freed_memory
 from hfsnet.train.distributed import close_distributed
 
 EXIT_USAGE = 2  # bad input of any kind: argparse's convention
@@ -60,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     python_format, warnings.formatwarning = warnings.formatwarning, _warning_line
     try:
+        retain_freed_memory()
         if getattr(args, "threads", None):
             torch.set_num_threads(args.threads)
         func: Callable[[argparse.Namespace], int] = args.func

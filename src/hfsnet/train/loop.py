@@ -23,6 +23,7 @@ from hfsnet.fsutil import atomic_write_bytes
 from hfsnet.models import FeatureClassifier
 from hfsnet.models.base import count_params
 from hfsnet.train import whiten_bias
+from hfsnet.train.allocator import allocator_in_effect
 from hfsnet.train.checkpoint import (
     Checkpoint,
     CheckpointStore,
@@ -482,7 +483,7 @@ class Trainer:
         return {"device": torch.cuda.get_device_name(self.device) if cuda else "cpu",
                 "cpu": cpu_description(), "threads": torch.get_num_threads(),
                 "precision": self.config.precision, "processes": self.dist.world_size,
-                "torch": torch.__version__}
+                "allocator": allocator_in_effect(), "torch": torch.__version__}
 
     def fit(self) -> TrainResult:
         if self.dist.is_main:
