@@ -485,6 +485,13 @@ QUIET_GRIDS = (
          "(fixed mirrored, or all 8 flipped and turned, copies of every training image) and "
          "`--pool 2x2`, against a 15-epoch two-rate fine-tune from the ridge head in the same "
          "session."),
+    Grid("freed memory retained, quiet, one machine: AMD EPYC with AVX2 only, fp32",
+         REPO / "benchmarks/results/adapt-allocator-epyc-avx2.json",
+         "The views grid above rerun on the AVX2 EPYC after hfsnet began keeping freed memory "
+         "for the next batch (`hfsnet.train.allocator`: glibc had handed each batch's "
+         "activations back to the kernel, and the trunk pass spent about as long faulting "
+         "fresh pages in as computing); the fine-tunes ran in the benchmark's process under "
+         "the same setting."),
 )
 
 

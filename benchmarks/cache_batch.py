@@ -6,7 +6,9 @@ channels-last) by batch size: what ``--cache-batch-size`` should default to on t
 
 EfficientNet-Lite0 (ImageNet weights) built for each input side, the same random images at
 every batch size, the batch sizes interleaved ``--repeats`` times (median reported), the load
-average and the CPU recorded: run it alone. Writes ``benchmarks/results/cache_batch.json``.
+average, the CPU and the allocator mode (``hfsnet.train.allocator``: retained as in every
+``hfsnet`` command unless ``HFSNET_MALLOC=system``) recorded: run it alone. Writes
+``benchmarks/results/cache_batch.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from hfsnet.models import create_model
+from hfsnet.train.allocator import retain_freed_memory
 from hfsnet.train.runtime import cpu_description
 from hfsnet.transfer.frozen import FrozenTrunk
 
@@ -62,11 +65,12 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
+    allocator = retain_freed_memory()  # as every hfsnet command runs (HFSNET_MALLOC=system: not)
     load_before = os.getloadavg()
     results = [bench_side(int(s), batches, args.images, args.repeats, args.precision)
                for s in args.sizes.split(",")]
     report = {"command": "benchmarks/cache_batch.py " + " ".join(sys.argv[1:]),
-              "cpu": cpu_description(), "threads": torch.get_num_threads(),
+              "cpu": cpu_description(), "allocator": allocator, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "load_average_before": load_before,
               "load_average_after": os.getloadavg(), "results": results}
     args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/time_to_accuracy.py [--presets airbench94,fast,fast-long]
         [--peer airbench94] [--seeds 0,1,2,3,4] [--epochs N] [--threads N]
         [--device auto|cpu|cuda] [--data PATH] [--append] [--train-args "--precision fp32"]
-        [--final-only]
+        [--final-only] [--allocator retain|system]
 
 Every (preset, seed) is one ``hfsnet train --recipe PRESET --seed SEED`` process (the decode
 cache is filled first, so no run pays for JPEG decoding), with the test set evaluated after
@@ -46,6 +46,7 @@ from pathlib import Path
 
 from hfsnet.data import load_dataset
 from hfsnet.fsutil import atomic_write_bytes
+from hfsnet.train.allocator import CHOICES
 from hfsnet.train.runtime import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,8 @@ def acc_at(curve: Curve, seconds: float) -> float | None:
 def label(preset: str, args: argparse.Namespace) -> str:
     """The row's variant: the preset and whatever the invocation changed in it."""
     parts = [preset, f"--epochs {args.epochs}" if args.epochs else "", args.train_args,
-             "[final only]" if args.final_only else ""]
+             "[final only]" if args.final_only else "",
+             "[HFSNET_MALLOC=system]" if args.allocator == "system" else ""]
     return " ".join(part for part in parts if part)
 
 
@@ -123,7 +125,7 @@ def run_once(preset: str, seed: int, args: argparse.Namespace) -> dict[str, obje
     if args.epochs:
         command += ["--epochs", str(args.epochs)]
     command += shlex.split(args.train_args)
-    env = dict(os.environ)
+    env = {**os.environ, "HFSNET_MALLOC": args.allocator}
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     load = os.getloadavg()[0]
@@ -143,6 +145,7 @@ def run_once(preset: str, seed: int, args: argparse.Namespace) -> dict[str, obje
             # `--precision auto` is timed per run: a probe that read fp32 makes a row 2.4x slower
             # (docs/performance.md 5e), so each row says what ran.
             "precision": result["machine"]["precision"],
+            "allocator": result["machine"].get("allocator"),
             "curve": curve, **{key(t): time_to(curve, t) for t in THRESHOLDS}}
 
 
@@ -264,6 +267,8 @@ def main() -> None:
     parser.add_argument("--final-only", action="store_true",
                         help="test only at the end, as the recipe does: the wall time is then "
                              "the user's, process start to printed accuracy (the rung targets)")
+    parser.add_argument("--allocator", default="retain", choices=CHOICES,
+                        help="HFSNET_MALLOC of the training processes (hfsnet.train.allocator)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--append", action="store_true",
                         help="keep the rows already in --results (a rerun replaces its own)")
