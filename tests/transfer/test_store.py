@@ -237,3 +237,36 @@ def test_shards_of_a_viewed_split_reassemble_view_major(tmp_path):
             np.testing.assert_allclose(merged.astype(np.float32), one[name].astype(np.float32),
                                        atol=2e-3, err_msg=name)
     np.testing.assert_array_equal(one["train_labels"], np.tile(data.train.labels, 2))
+
+
+@pytest.mark.parametrize(("batch", "side", "expected"), [
+    (500, (64, 64), 500), (500, (32, 32), 500), (500, (128, 128), 125), (500, (224, 224), 40),
+    (500, (64, 128), 250), (7, (1024, 1024), 1), (64, (224, 224), 5)])
+def test_larger_inputs_go_in_proportionally_fewer_per_batch(batch, side, expected):
+    assert extract_module.images_per_batch(batch, side) == expected
+
+
+def test_batches_count_the_pixels_the_trunk_computes_at(tmp_path, monkeypatch):
+    """A trunk that resizes its inputs to 128 px gets a quarter of a 64 px batch per call; the
+    descriptors are the same as in batches of one."""
+    model, data = small_model(), synthetic_data(n_train=6, n_test=3)
+    sizes = []
+
+    def resized_to_128(x):
+        sizes.append(len(x))
+        x = torch.nn.functional.interpolate(x, size=(128, 128), mode="nearest")
+        return type(model).forward_features(model, x)
+
+    monkeypatch.setattr(model, "forward_features", resized_to_128)
+    assert extract_module.trunk_side(model, data.train) == (16, 16)
+    model.preprocessing = {"image_size": 128}
+    assert extract_module.trunk_side(model, data.train) == (128, 128)
+    batched = get_cache(tmp_path / "a", model, data, spec(batch_size=8)).cache
+    assert max(sizes) == 2 and sizes[-1] == 1  # 8 images of 64 px: 2 of 128 px; 3 test images
+    sizes.clear()
+    single = get_cache(tmp_path / "b", model, data, spec(batch_size=4)).cache
+    assert set(sizes) == {1}
+    for split in ("train", "test"):
+        np.testing.assert_allclose(batched.features(split).astype(np.float32),
+                                   single.features(split).astype(np.float32), rtol=2e-3,
+                                   atol=1e-4)

@@ -36,6 +36,14 @@ from hfsnet.transfer.store import (
 )
 
 FEATURE_DTYPE = "float16"  # halves the cache; descriptors are pooled activations of size ~1
+# ``CacheSpec.batch_size`` counts images of up to BATCH_SIDE px; larger inputs go in
+# proportionally fewer per batch (the same pixels, so about the same memory). At 500 images a
+# batch, EuroSAT-sized 64 px inputs ran EfficientNet-Lite0's pass at 720 img/s, but 128 px at
+# 100 and 224 px at 25, against 234 at 128 images and 86 at 40: a 224 px batch of 500 holds
+# 2.4 GB maps, past what hfsnet.train.allocator keeps for reuse, so each is faulted in anew
+# (quiet AVX2 EPYC, fp32, `benchmarks/cache_batch.py --sizes 64,128,224 --batches
+# 16,40,64,128,500 --images 500`, results/cache_batch-allocator-epyc-avx2.json).
+BATCH_SIDE = 64
 
 
 @dataclass
@@ -88,6 +96,23 @@ def cache_key(model: FeatureClassifier, data: DataSplits, spec: CacheSpec) -> Ca
                     levels=list(spec.levels), pool=spec.pool)
 
 
+def trunk_side(model: FeatureClassifier, images: ImageSet) -> tuple[int, int]:
+    """(height, width) the trunk computes at: the side it resizes every input to (a pretrained
+    trunk's ``preprocessing["image_size"]``), else the images' own."""
+    side = (getattr(model, "preprocessing", None) or {}).get("image_size")
+    if isinstance(side, int):
+        return side, side
+    height, width = images.images.shape[-2:]
+    return int(height), int(width)
+
+
+def images_per_batch(batch_size: int, side: tuple[int, int]) -> int:
+    """``batch_size`` images of up to BATCH_SIDE px, proportionally fewer larger ones (at least
+    one)."""
+    pixels = side[0] * side[1]
+    return max(1, min(batch_size, batch_size * BATCH_SIDE**2 // pixels))
+
+
 @torch.inference_mode()
 def extract(model: FeatureClassifier, images: ImageSet, features: np.ndarray,
             labels: np.ndarray, spec: CacheSpec, label: str = "features",
@@ -101,7 +126,8 @@ def extract(model: FeatureClassifier, images: ImageSet, features: np.ndarray,
     The views are made batch by batch, so the images are never held more than once.
     """
     transforms = view_transforms(views, tuple(images.images.shape[-2:]))
-    loader = BatchLoader(images, spec.batch_size, mean=spec.mean, std=spec.std,
+    batch_size = images_per_batch(spec.batch_size, trunk_side(model, images))
+    loader = BatchLoader(images, batch_size, mean=spec.mean, std=spec.std,
                          device=spec.device, channels_last=True)
     n = len(images)
     trunk = FrozenTrunk(model, precision=spec.precision, compile="auto",

@@ -89,7 +89,8 @@ class HeadOptions:
     precision: str = option("fp32", choices=CONCRETE_PRECISIONS, flag="--cache-precision",
                             help="precision of the trunk pass that fills the cache")
     batch_size: int = option(500, check=at_least(1), flag="--cache-batch-size",
-                             help="images per trunk pass batch")
+                             help="images per trunk pass batch at up to 64 px; larger inputs go "
+                             "in proportionally fewer (224 px: 40 of the default 500)")
     # EuroSAT, 100 images per class, ridge center-l2 + loo, draws 0 / 1 / 2
     # (benchmarks/descriptor_options.py): none 93.15 / 93.96 / 93.11%, flip 93.26 / 93.85 /
     # 93.00%, dihedral 94.22 / 94.19 / 93.70% (+0.63 points) for a feature pass of 31-34 s

@@ -46,7 +46,6 @@ import torch.nn.functional as F
 
 from hfsnet.transfer.errors import CacheError
 from hfsnet.transfer.stats import CHUNK, Moments, Rows, as_rows, safe_std
-from hfsnet.transfer.threads import single_thread
 
 ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))
 TEMPERATURES = tuple(float(t) for t in np.logspace(-1, 3, 81))  # 12% steps
@@ -353,10 +352,17 @@ def fit_ridge(features: np.ndarray | Rows, labels: np.ndarray, num_classes: int,
     chosen by ``alpha_select`` (see the module docstring) is refitted on all rows. The fit runs in
     the primal or, with no more rows than columns, the dual (:func:`use_dual`). ``views``: the
     rows are that many fixed copies of each image, view-major; choices leave whole images out.
+
+    It runs on torch's threads (``--threads``): its time is a few large eigendecompositions and
+    products, which two threads ran 1.5-1.75x faster than one on the quiet 2-core AVX2 EPYC, to
+    the same weights and strength (`benchmarks/ridge_threads.py`, results/ridge_threads-epyc-
+    avx2.json; adapt's caches at 100 per class: EuroSAT with 8 dihedral views 10.5 s vs 6.1 s,
+    with --expand 2048 45.6 s vs 26.8 s, CIFAR-10 2x2 7.4 s vs 4.4 s, gap 0.9 s vs 0.7 s). It
+    ran on one thread until then, chosen under load average 6 (ridge on 50,000 x 600 took
+    4.6-19.8 s on two threads against 2.0-2.9 s on one): on a machine that busy, ``--threads 1``.
     """
-    with single_thread():
-        return _fit(as_rows(features), np.asarray(labels), num_classes, alphas, holdout, seed,
-                    chunk, standardize, alpha_select, views)
+    return _fit(as_rows(features), np.asarray(labels), num_classes, alphas, holdout, seed,
+                chunk, standardize, alpha_select, views)
 
 
 def _fit(rows: Rows, labels: np.ndarray, num_classes: int, alphas: Sequence[float],

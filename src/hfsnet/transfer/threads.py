@@ -12,10 +12,10 @@ import torch
 def single_thread() -> Iterator[None]:
     """Run torch on one thread inside the block, then restore the thread count.
 
-    Head fitting is many small or medium matmuls. Handing each to a second OpenMP thread saves
+    An SGD head's steps are many small matmuls. Handing each to a second OpenMP thread saves
     little, and on a shared, oversubscribed CPU waiting for that thread dominates (measured with
     load average 6 on 2 cores: an SGD epoch over 5,000 x 600 descriptors 3.4 s on two threads vs
-    0.02 s on one; ridge on 50,000 x 600, 4.6-19.8 s vs 2.0-2.9 s).
+    0.02 s on one). Ridge's few large decompositions run on every thread (``fit_ridge``).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
