@@ -493,7 +493,8 @@ QUIET_GRIDS = (
          "for the next batch (`hfsnet.train.allocator`: glibc had handed each batch's "
          "activations back to the kernel, and the trunk pass spent about as long faulting "
          "fresh pages in as computing); the fine-tunes ran in the benchmark's process under "
-         "the same setting."),
+         "the same setting, and the heads were rerun once ridge fits ran on both threads "
+         "(`benchmarks/ridge_threads.py`)."),
 )
 
 

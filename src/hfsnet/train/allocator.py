@@ -5,9 +5,10 @@ glibc serves a block of at least its mmap threshold (128 KiB, raised adaptively 
 memory off the heap's top. A network's activations are such blocks (EfficientNet-Lite0's first
 maps at 64 px and 500 images: 65 MB each), so each batch maps, zero-fills and page-faults them
 anew: the frozen feature pass spent as much time in the kernel as in the convolutions.
-``benchmarks/feature_pass.py --allocators retained,system`` on the 2-core AVX2 EPYC (quiet,
-fp32, batch 500, results/feature_pass-allocator-epyc-avx2.json): 64 px 362-422 img/s with
-0.85-1.0 M page faults per 1,000 images under the defaults, about 1,000 img/s and none retained.
+``benchmarks/feature_pass.py --allocators retain,system`` on the 2-core AVX2 EPYC (quiet,
+fp32, batch 500, results/feature_pass-allocator-epyc-avx2.json): 64 px 370 img/s with 0.89 M
+page faults per 1,000 images under the defaults, 866 img/s and none retained
+(docs/performance.md section 7).
 
 Raising both thresholds to :data:`RETAIN_BYTES` keeps freed blocks in the heap for the next
 batch (what PyTorch's CUDA caching allocator does on a GPU). The price: up to that much freed
@@ -64,8 +65,8 @@ def retain_freed_memory(limit: int = RETAIN_BYTES) -> str:
     global _in_effect
     if allocator_mode() == "retain":
         mallopt = ctypes.CDLL(None).mallopt
-        # both: with the mmap threshold raised alone, freed blocks were still trimmed off the
-        # heap's top (64 px, batch 500: 690 img/s and 0.36 M page faults per 1,000 images)
+        # both: with the mmap threshold raised alone, glibc still trimmed the freed blocks off
+        # the heap's top, and the next batch faulted them in again
         if mallopt(M_TRIM_THRESHOLD, limit) and mallopt(M_MMAP_THRESHOLD, limit):
             _in_effect = "retain"
     return _in_effect
