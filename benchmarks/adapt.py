@@ -566,9 +566,10 @@ def summarize(cells: list[dict]) -> list[dict]:
 
 
 def invocation(argv: list[str]) -> str:
-    threads = os.environ.get("OMP_NUM_THREADS")
-    return (f"OMP_NUM_THREADS={threads} " if threads else "") + \
-        ".venv/bin/python benchmarks/adapt.py " + " ".join(argv)
+    """The command line with the environment that changes what it measures."""
+    env = "".join(f"{name}={os.environ[name]} " for name in ("OMP_NUM_THREADS", "HFSNET_MALLOC")
+                  if os.environ.get(name))
+    return env + ".venv/bin/python benchmarks/adapt.py " + " ".join(argv)
 
 
 def record_command(work: Path, argv: list[str]) -> None:

@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -76,6 +77,7 @@ def build_variants(model: EfficientNetLite, names: Sequence[str],
     for name in names:
         if name == "unmodified":
             variants[name] = unmodified(model)
+            variants[name](first)  # warm-up, as the others get
         else:
             kind, precision = name.split("-")
             trunk = FrozenTrunk(model, precision=precision,
@@ -85,24 +87,23 @@ def build_variants(model: EfficientNetLite, names: Sequence[str],
             if kind == "compiled":
                 compile_seconds[precision] = time.perf_counter() - start
             variants[name] = trunk
-    variants.get("unmodified", lambda x: None)(first)  # warm-up
     return variants, compile_seconds
 
 
-def bench_size(side: int, n_images: int, batch_size: int, repeats: int,
-               names: Sequence[str]) -> dict:
+def bench_size(side: int, n_images: int, batch_size: int, names: Sequence[str]) -> dict:
+    """Each variant's rate and page faults over one pass of the images (a process measures
+    once; ``--repeats`` runs more processes)."""
     model = EfficientNetLite(options=EfficientNetOptions(image_size=side)).eval()
     generator = torch.Generator().manual_seed(side)
     images = torch.randn(n_images, 3, side, side, generator=generator)
     batches = list(images.split(batch_size))
     variants, compile_seconds = build_variants(model, names, batches[0])
-    rates: dict[str, list[float]] = {name: [] for name in variants}
-    faults: dict[str, list[int]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, run in variants.items():
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            rates[name].append(time_pass(run, batches))
-            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    rates: dict[str, list[float]] = {}
+    faults: dict[str, list[int]] = {}
+    for name, run in variants.items():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        rates[name] = [time_pass(run, batches)]
+        faults[name] = [resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before]
     return {"side": side, "images": n_images, "batch_size": batch_size, "all_rates": rates,
             "page_faults": faults, "compile_seconds": compile_seconds}
 
@@ -128,7 +129,7 @@ def child(args: argparse.Namespace) -> None:
     """One process's measurements under the allocator its environment sets, as a JSON line."""
     mode = retain_freed_memory()
     names = args.variants.split(",")
-    runs = [bench_size(int(s), args.images, args.batch_size, 1, names)
+    runs = [bench_size(int(s), args.images, args.batch_size, names)
             for s in args.sizes.split(",")]
     print(json.dumps({"allocator": mode, "runs": runs}))
 
@@ -138,8 +139,17 @@ def run_child(args: argparse.Namespace, allocator: str) -> dict:
     command = [sys.executable, __file__, "--child", "--images", str(args.images),
                "--batch-size", str(args.batch_size), "--sizes", args.sizes,
                "--variants", args.variants, "--threads", str(args.threads)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        refuse(f"the HFSNET_MALLOC={allocator} measurement failed ({done.returncode}): {last}")
     return json.loads(done.stdout.splitlines()[-1])
+
+
+def refuse(message: str) -> NoReturn:
+    """One line on stderr and exit 2, as hfsnet's commands do."""
+    print(f"feature_pass.py: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main() -> None:
@@ -157,11 +167,9 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if unknown := set(args.variants.split(",")) - set(VARIANTS):
-        sys.exit(f"feature_pass.py: --variants: unknown {sorted(unknown)}; expected some of "
-                 f"{', '.join(VARIANTS)}")
+        refuse(f"--variants: unknown {sorted(unknown)}; expected some of {', '.join(VARIANTS)}")
     if unknown := set(args.allocators.split(",")) - set(CHOICES):
-        sys.exit(f"feature_pass.py: --allocators: unknown {sorted(unknown)}; expected some of "
-                 f"{', '.join(CHOICES)}")
+        refuse(f"--allocators: unknown {sorted(unknown)}; expected some of {', '.join(CHOICES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:

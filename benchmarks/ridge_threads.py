@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from hfsnet.errors import HfsnetError
 from hfsnet.models import create_model
 from hfsnet.train.runtime import cpu_description
 from hfsnet.transfer.fit import HeadOptions, fit_cached_head
@@ -66,8 +67,13 @@ def main() -> None:
     results = []
     for item in args.caches:
         path, _, text = item.partition("=")
-        results.append(bench_cache(Path(path), json.loads(text or "{}"), threads, args.repeats,
-                                   channels))
+        try:
+            options = json.loads(text or "{}")
+            HeadOptions(**options).validate()
+            results.append(bench_cache(Path(path), options, threads, args.repeats, channels))
+        except (ValueError, TypeError, HfsnetError) as err:  # JSON, unknown field, bad cache
+            print(f"ridge_threads.py: {item}: {err}", file=sys.stderr)
+            sys.exit(2)
         r = results[-1]
         times = ", ".join(f"{t} thread(s) {s:.2f} s" for t, s in r["median_seconds"].items())
         print(f"{path} {r['options']} ({r['rows']} x {r['width']}): {times}; strengths "

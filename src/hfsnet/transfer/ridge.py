@@ -354,20 +354,15 @@ def fit_ridge(features: np.ndarray | Rows, labels: np.ndarray, num_classes: int,
     rows are that many fixed copies of each image, view-major; choices leave whole images out.
 
     It runs on torch's threads (``--threads``): its time is a few large eigendecompositions and
-    products, which two threads ran 1.5-1.75x faster than one on the quiet 2-core AVX2 EPYC, to
-    the same weights and strength (`benchmarks/ridge_threads.py`, results/ridge_threads-epyc-
-    avx2.json; adapt's caches at 100 per class: EuroSAT with 8 dihedral views 10.5 s vs 6.1 s,
-    with --expand 2048 45.6 s vs 26.8 s, CIFAR-10 2x2 7.4 s vs 4.4 s, gap 0.9 s vs 0.7 s). It
-    ran on one thread until then, chosen under load average 6 (ridge on 50,000 x 600 took
-    4.6-19.8 s on two threads against 2.0-2.9 s on one): on a machine that busy, ``--threads 1``.
+    products, which two threads ran 1.5-1.75x faster than one on the quiet 2-core AVX2 EPYC for
+    view and 2x2 heads, 1.35x for the plain gap head, to the same weights and strength
+    (`benchmarks/ridge_threads.py`, results/ridge_threads-epyc-avx2.json; adapt's caches at 100
+    per class: EuroSAT with 8 dihedral views 10.5 s vs 6.1 s, with --expand 2048 45.6 s vs 26.8
+    s, CIFAR-10 2x2 7.4 s vs 4.4 s, gap 0.9 s vs 0.7 s). It ran on one thread until then,
+    chosen under load average 6 (ridge on 50,000 x 600 took 4.6-19.8 s on two threads against
+    2.0-2.9 s on one): on a machine that busy, ``--threads 1``.
     """
-    return _fit(as_rows(features), np.asarray(labels), num_classes, alphas, holdout, seed,
-                chunk, standardize, alpha_select, views)
-
-
-def _fit(rows: Rows, labels: np.ndarray, num_classes: int, alphas: Sequence[float],
-         holdout: float, seed: int, chunk: int, standardize: bool,
-         alpha_select: str, views: int = 1) -> RidgeFit:
+    rows, labels = as_rows(features), np.asarray(labels)
     n = len(rows)
     if n < 2:
         raise CacheError(f"ridge needs at least 2 training rows, got {n}")
