@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from hfsnet.train import resolve_config, runtime, train
+from hfsnet.train.allocator import allocator_in_effect
 from hfsnet.train.checkpoint import load_checkpoint
 from hfsnet.train.config import ConfigError
 from hfsnet.train.run import resume_trainer
@@ -186,6 +187,7 @@ def test_the_run_records_the_precision_that_ran_and_resume_repeats_it(tiny_folde
     assert json.loads((out / "config.json").read_text())["precision"] == ran
     assert result.machine["precision"] == ran and result.machine["device"] == "cpu"
     assert result.machine["cpu"] == cpu_description()
+    assert result.machine["allocator"] == allocator_in_effect()  # what this process runs under
     assert json.loads((out / "result.json").read_text())["machine"] == result.machine
     assert load_checkpoint(out).meta["config"]["precision"] == ran
     probe(1 / ratio)  # the machine now prefers the other one: a resumed run keeps its own
