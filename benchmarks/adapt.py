@@ -1,7 +1,7 @@
 """Adaptation benchmark: a pretrained EfficientNet-Lite0 (ImageNet) adapted to new image data.
 
-Tasks: EuroSAT RGB (64 px native), CIFAR-10 (32 px native; ``cifar10-64``: the same images
-upsampled to 64 px by the trunk), Fashion-MNIST (28 px grayscale, replicated to 3 channels and
+Tasks: EuroSAT RGB (64 px native; ``eurosat-128``: upsampled to 128 px by the trunk),
+CIFAR-10 (32 px native; ``cifar10-64``: the same images upsampled to 64 px by the trunk), Fashion-MNIST (28 px grayscale, replicated to 3 channels and
 upsampled to 32 px by the trunk). Regimes: 100 training images per class (``100``, VTAB-1k
 style, drawn by ``few_shot`` with the seed) and every training image (``all``); the whole test
 split always. Methods (a cell is task x regime x method x seed):
@@ -89,6 +89,7 @@ TASKS = {
     "cifar10": {"spec": str(DATASETS / "cifar10-jpg.tar.gz"), "side": 32},
     "fashion-mnist": {"spec": "fashion-mnist", "side": 32},
     "cifar10-64": {"spec": str(DATASETS / "cifar10-jpg.tar.gz"), "side": 64},
+    "eurosat-128": {"spec": str(DATASETS / "eurosat-rgb.tar.gz"), "side": 128},
 }
 REGIMES = ("100", "all")
 PER_CLASS = 100

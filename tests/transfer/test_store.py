@@ -270,3 +270,20 @@ def test_batches_count_the_pixels_the_trunk_computes_at(tmp_path, monkeypatch):
         np.testing.assert_allclose(batched.features(split).astype(np.float32),
                                    single.features(split).astype(np.float32), rtol=2e-3,
                                    atol=1e-4)
+
+
+def test_one_folded_trunk_serves_every_split(tmp_path, monkeypatch):
+    """Folding, its check and the first batch's set-up are paid once per build, and the trunk
+    is told the build's whole size (train views included) for its compile decision."""
+    made = []
+    real = extract_module.FrozenTrunk
+
+    def counting(model, **kwargs):
+        made.append(kwargs["n_images"])
+        return real(model, **kwargs)
+
+    monkeypatch.setattr(extract_module, "FrozenTrunk", counting)
+    data = synthetic_data(n_train=10, n_test=4)
+    cache = get_cache(tmp_path, small_model(), data, spec(train_views="flip")).cache
+    assert made == [2 * 10 + 4]
+    assert len(cache.labels("train")) == 20 and len(cache.labels("test")) == 4
