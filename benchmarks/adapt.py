@@ -1,12 +1,16 @@
 """Adaptation benchmark: a pretrained EfficientNet-Lite0 (ImageNet) adapted to new image data.
 
-Tasks: EuroSAT RGB (64 px native; ``eurosat-128``: upsampled to 128 px by the trunk),
-CIFAR-10 (32 px native; ``cifar10-64``: the same images upsampled to 64 px by the trunk), Fashion-MNIST (28 px grayscale, replicated to 3 channels and
-upsampled to 32 px by the trunk). Regimes: 100 training images per class (``100``, VTAB-1k
-style, drawn by ``few_shot`` with the seed) and every training image (``all``); the whole test
-split always. Methods (a cell is task x regime x method x seed):
+Tasks: EuroSAT RGB (64 px native; ``eurosat-96``, ``eurosat-128``: upsampled by the trunk;
+96 px maps have odd sides, so that task takes only the ``cli-adapt`` methods),
+CIFAR-10 (32 px native; ``cifar10-64``: the same images upsampled to 64 px by the trunk),
+Fashion-MNIST (28 px grayscale, replicated to 3 channels and upsampled to 32 px by the trunk).
+Regimes: 100 training images per class (``100``, VTAB-1k style, drawn by ``few_shot`` with the
+seed) and every training image (``all``); the whole test split always. Methods (a cell is
+task x regime x method x seed):
 
     cli-adapt        ``hfsnet adapt`` itself as a subprocess, timed from process start to exit
+                     (its default taps: every block; cells before 2026-12-07 21:00 had every
+                     stage, which ``cli-adapt-stages`` keeps)
     cli-adapt-flip, cli-adapt-dihedral, cli-adapt-dihedral-expand   the same with
                      ``--train-views flip`` (the mirror of every training image too) or
                      ``dihedral`` (8 fixed flips and turns), and ``--expand 2048``
@@ -89,6 +93,7 @@ TASKS = {
     "cifar10": {"spec": str(DATASETS / "cifar10-jpg.tar.gz"), "side": 32},
     "fashion-mnist": {"spec": "fashion-mnist", "side": 32},
     "cifar10-64": {"spec": str(DATASETS / "cifar10-jpg.tar.gz"), "side": 64},
+    "eurosat-96": {"spec": str(DATASETS / "eurosat-rgb.tar.gz"), "side": 96},  # cli cells only
     "eurosat-128": {"spec": str(DATASETS / "eurosat-rgb.tar.gz"), "side": 128},
 }
 REGIMES = ("100", "all")
@@ -440,7 +445,8 @@ def scratch_cell(task: str, regime: str, seed: int, data: DataSplits,
 
 
 # The ``hfsnet adapt`` cells: method -> the flags added to the plain command.
-CLI_ADAPT = {"cli-adapt": [], "cli-adapt-flip": ["--train-views", "flip"],
+CLI_ADAPT = {"cli-adapt": [], "cli-adapt-stages": ["--model-opt", "taps=stages"],
+             "cli-adapt-flip": ["--train-views", "flip"],
              "cli-adapt-dihedral": ["--train-views", "dihedral"],
              "cli-adapt-dihedral-expand": ["--train-views", "dihedral", "--expand", "2048"],
              "cli-adapt-2x2": ["--pool", "2x2"],

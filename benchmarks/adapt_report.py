@@ -30,7 +30,12 @@ from hfsnet.fsutil import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 TASK_NAMES = {"eurosat": "EuroSAT (64 px)", "cifar10": "CIFAR-10 (32 px)",
-              "fashion-mnist": "Fashion-MNIST (28→32 px)", "cifar10-64": "CIFAR-10 (32→64 px)"}
+              "fashion-mnist": "Fashion-MNIST (28→32 px)", "cifar10-64": "CIFAR-10 (32→64 px)",
+              "eurosat-96": "EuroSAT (64→96 px)", "eurosat-128": "EuroSAT (64→128 px)"}
+# Tasks that are another task's images upsampled by the trunk: a verdict judges a dataset by
+# its best head and best fine-tune at any side, so these fold into it (``fold_sides``).
+UPSAMPLED = {"cifar10-64": ("cifar10", 64), "eurosat-96": ("eurosat", 96),
+             "eurosat-128": ("eurosat", 128)}
 METHOD_NAMES = {
     "logreg-last": "logistic regression, last level",
     "ridge-last": "ridge, last level",
@@ -53,6 +58,7 @@ METHOD_NAMES = {
                             "trained",
     "scratch": "hfs-air-s from scratch (fast recipe)",
     "cli-adapt": "`hfsnet adapt` (process start to exit)",
+    "cli-adapt-stages": "`hfsnet adapt --model-opt taps=stages`",
     "cli-adapt-flip": "`hfsnet adapt --train-views flip`",
     "cli-adapt-dihedral": "`hfsnet adapt --train-views dihedral`",
     "cli-adapt-dihedral-expand": "`hfsnet adapt --train-views dihedral --expand 2048`",
@@ -62,21 +68,47 @@ METHOD_NAMES = {
 LAST = ("logreg-last", "ridge-last", "sgd-last")
 MULTI = ("ridge-all", "ridge-all-cl2", "ridge-select", "ridge-expand", "ridge-all-2x2",
          "ridge-all-2x2-cl2", "ridge-expand-cl2", "sgd-all", "sgd-all-2x2")
-CLI_HEADS = ("cli-adapt", "cli-adapt-flip", "cli-adapt-dihedral", "cli-adapt-dihedral-expand",
-             "cli-adapt-2x2", "cli-adapt-2x2-flip")  # `hfsnet adapt` runs: the ridge head
-CACHE_HEADS = LAST + MULTI + CLI_HEADS
+CLI_HEADS = ("cli-adapt", "cli-adapt-stages", "cli-adapt-flip", "cli-adapt-dihedral",
+             "cli-adapt-dihedral-expand", "cli-adapt-2x2",
+             "cli-adapt-2x2-flip")  # `hfsnet adapt` runs: the ridge head
 FROZEN_STATS = ("ft-1rate", "ft-2rate", "ft-2rate-ridge")  # hfsnet's default, --norm-stats frozen
 BATCH_STATS = tuple(f"{m}-batch" for m in FROZEN_STATS)  # --norm-stats batch
-LONGER = (2, 10, 15, 20)  # epochs of the ft-*-eN cells (benchmarks/adapt.py), beside the 5 of ft-*
+LONGER = (2, 10, 15, 20, 30)  # epochs of the ft-*-eN cells (benchmarks/adapt.py), beside ft-*'s 5
 LONG_FINETUNES = tuple(f"{m}-e{n}" for m in FROZEN_STATS for n in LONGER)
 METHOD_NAMES.update({f"{m}-e{n}": f"{METHOD_NAMES[m]}, {n} epochs"
                      for m in FROZEN_STATS for n in LONGER})
-FINETUNES = FROZEN_STATS + BATCH_STATS + LONG_FINETUNES
-ORDER = [*LAST, *MULTI, *FINETUNES, "scratch", *CLI_HEADS]
+
+
+def at_sides(methods: Sequence[str]) -> tuple[str, ...]:
+    """``methods`` and their cells on upsampled tasks, as ``fold_sides`` names them."""
+    sides = sorted({side for _, side in UPSAMPLED.values()})
+    return (*methods, *(f"{m} @{side} px" for side in sides for m in methods))
+
+
+CACHE_HEADS = at_sides(LAST + MULTI + CLI_HEADS)
+FINETUNES = at_sides(FROZEN_STATS + BATCH_STATS + LONG_FINETUNES)
+ORDER = [*LAST, *MULTI, *FINETUNES, "scratch", *at_sides(CLI_HEADS)]
 ACC_TOL = 1.0  # points: "within 1.0 point of the best fine-tune"
 TIME_RATIO = 10.0  # "at <= 1/10 of its wall time"
 MULTI_GAIN = 3.0  # points: "multi-level beats last-layer by >= 3 points on average"
 CLI_LIMITS = {"100": 60.0, "all": 180.0}
+
+
+def fold_sides(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with every upsampled task's summary rows and cells moved to the task whose
+    images it upsamples, the side in the method's name (``cli-adapt @96 px``)."""
+    def fold(row: dict[str, Any]) -> dict[str, Any]:
+        if row["task"] not in UPSAMPLED:
+            return row
+        base, side = UPSAMPLED[row["task"]]
+        method = row["method"]
+        METHOD_NAMES.setdefault(f"{method} @{side} px",
+                                f"{METHOD_NAMES.get(method, method)}, input upsampled to "
+                                f"{side} px")
+        return {**row, "task": base, "method": f"{method} @{side} px"}
+
+    return {**results, "summary": [fold(r) for r in results["summary"]],
+            "cells": [fold(c) for c in results["cells"]]}
 
 
 def _rows(results: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
@@ -471,7 +503,7 @@ class Grid:
     about: str
 
     def load(self) -> dict[str, Any] | None:
-        return json.loads(self.path.read_text()) if self.path.exists() else None
+        return fold_sides(json.loads(self.path.read_text())) if self.path.exists() else None
 
 
 QUIET_GRIDS = (
@@ -495,6 +527,14 @@ QUIET_GRIDS = (
          "fresh pages in as computing); the fine-tunes ran in the benchmark's process under "
          "the same setting, and the heads were rerun once ridge fits ran on both threads "
          "(`benchmarks/ridge_threads.py`)."),
+    Grid("every block's output, larger input sides and longer fine-tunes, quiet, AMD EPYC "
+         "with AVX2 only, fp32",
+         REPO / "benchmarks/results/adapt-blocks-epyc-avx2.json",
+         "`hfsnet adapt` after its EfficientNet-Lite0 trunk began tapping all 16 blocks instead "
+         "of the 7 stage ends (`cli-adapt`; `cli-adapt-stages` keeps the stages), at the data's "
+         "side and upsampled by the trunk ('@96 px': EuroSAT's 64 px tiles resized to 96), "
+         "against two-rate fine-tunes from the ridge head for 15 and 30 epochs, the 15-epoch "
+         "one also at 128 px: the best fine-tune at any side is the one to match."),
 )
 
 

@@ -308,6 +308,22 @@ def test_library_call_without_the_cli(rgb_folder, tmp_path):
     assert saved["test_acc"] == result.test_acc and saved["epochs"] == 0
 
 
+@pytest.mark.parametrize(("flags", "taps", "levels"), [
+    ([], "blocks", 17), (["--model-opt", "taps=stages"], "stages", 8)])
+def test_adapt_defaults_fill_options_the_user_left_unset(rgb_folder, tmp_path, capsys, flags,
+                                                         taps, levels):
+    """EfficientNet-Lite0 is adapted on every block's output unless told otherwise, and the
+    checkpoint records the taps it was built with, so it rebuilds the same whatever the
+    default later becomes."""
+    out = tmp_path / "run"
+    code, result, _ = run_adapt(capsys, *RANDOM, *flags, "--data", str(rgb_folder), "--out",
+                                str(out), *SHALLOW)
+    assert code == 0 and result["head"]["levels"] == [1, 2]
+    meta = load_checkpoint(out).meta
+    assert meta["model_options"]["trunk_options"]["taps"] == taps
+    assert len(load_checkpoint(out).build_model().stage_channels()) == levels
+
+
 def test_pretrained_source_has_the_models_preprocessing():
     model = create_model(MODEL, num_classes=2, pretrained=False, image_size=32)
     source = Source.pretrained(model)

@@ -71,7 +71,9 @@ def _read_entry(folder: Path) -> Decoded:
         file = folder / f"{name}.npy"
         if file_digest(file) != meta["sha256"][name]:
             raise CacheEntryError(f"{file}: checksum mismatch with meta.json")
-        arrays[name] = np.load(file)
+        # Mapped, not read: a run that keeps a few images of a large decode (a few-shot split,
+        # --classes) touches only their pages. Copy-on-write, so in-place edits stay private.
+        arrays[name] = np.load(file, mmap_mode="c")
     splits = {}
     for split in ("train", "test"):
         labels = arrays[f"{split}_labels"]

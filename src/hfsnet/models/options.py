@@ -23,10 +23,13 @@ class ModelOptions:
     """Base of every model's options dataclass.
 
     ``bounded``: whether :func:`hfsnet.models.create_model` measures the parameter count on the
-    meta device before building (off for networks hfsnet does not own).
+    meta device before building (off for networks hfsnet does not own). ``adapt_defaults``:
+    options ``hfsnet adapt`` sets when the user does not (written into the run's checkpoint like
+    any option given, so a later change of these defaults never changes a saved model).
     """
 
     bounded: ClassVar[bool] = True
+    adapt_defaults: ClassVar[Mapping[str, Any]] = {}
 
     @classmethod
     def names(cls) -> list[str]:

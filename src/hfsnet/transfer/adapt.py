@@ -172,10 +172,12 @@ def default_input_side(name: str, model_options: dict[str, Any]) -> int | None:
 
 def build_trunk(name: str, model_options: dict[str, Any], num_classes: int, side: int,
                 side_given: bool) -> FeatureClassifier:
-    """The registry model ``name`` with its pretrained weights, resizing inputs to ``side``."""
+    """The registry model ``name`` with its pretrained weights, resizing inputs to ``side``;
+    its ``adapt_defaults`` fill the options the user did not set."""
+    defaults = get_entry(name).options.adapt_defaults
     try:
         return create_model(name, num_classes=num_classes, in_channels=3,
-                            **{**model_options, "image_size": side})
+                            **{**defaults, **model_options, "image_size": side})
     except ModelOptionError as err:
         if side_given:
             raise
