@@ -400,13 +400,16 @@ def verdict_two_rates(rows: dict, tasks: list[str]) -> list[str]:
 
 # The cli-adapt cells run alone (``--results`` of a ``--methods cli-adapt`` run), per machine:
 # the 2-core machine kind was an AMD EPYC with AVX-512 BF16, then an Intel Xeon, then an AMD
-# EPYC with AVX2 only (docs/performance.md section 0), there again once hfsnet kept freed memory.
+# EPYC with AVX2 only (docs/performance.md section 0), there again once hfsnet kept freed memory
+# and once adapt tapped every block.
 QUIET_CLI = (("quiet, AMD EPYC (AVX-512 BF16)", REPO / "benchmarks/results/adapt-cli-quiet.json"),
              ("quiet, Intel Xeon", REPO / "benchmarks/results/adapt-cli-quiet-xeon.json"),
              ("quiet, AMD EPYC (AVX2 only)",
               REPO / "benchmarks/results/adapt-cli-quiet-epyc-avx2.json"),
              ("quiet, AMD EPYC (AVX2 only), freed memory retained",
-              REPO / "benchmarks/results/adapt-cli-allocator-epyc-avx2.json"))
+              REPO / "benchmarks/results/adapt-cli-allocator-epyc-avx2.json"),
+             ("quiet, AMD EPYC (AVX2 only), every block tapped",
+              REPO / "benchmarks/results/adapt-blocks-epyc-avx2.json"))
 
 
 def _cli_cells(results: dict[str, Any], regime: str) -> list[tuple[str, dict[str, Any]]]:

@@ -123,3 +123,18 @@ def test_an_entry_without_meta_is_missing_not_broken(tree, cache_dir, decodes):
         warnings.simplefilter("error")
         load_dataset(str(tree), cache_dir=cache_dir)
     assert len(decodes) == 2
+
+
+def test_images_edited_in_memory_never_reach_the_entry(tree, cache_dir, decodes):
+    """The entry's arrays are mapped copy-on-write: a run that edits its images in place (an
+    in-place augmentation) changes neither the files nor the next run's images."""
+    load_dataset(str(tree), cache_dir=cache_dir)
+    cached = load_dataset(str(tree), cache_dir=cache_dir)
+    pristine = cached.train.images.clone()
+    cached.train.images.fill_(7)
+    cached.test.images.zero_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the checksums still match: no decode, no warning
+        again = load_dataset(str(tree), cache_dir=cache_dir)
+    assert len(decodes) == 1
+    assert torch.equal(again.train.images, pristine) and int(again.test.images.max()) > 0

@@ -101,7 +101,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--model", required=True, help="a registered pretrained model, e.g. "
                    "efficientnet-lite0")
     p.add_argument("--model-opt", action="append", type=parse_option, metavar="KEY=VALUE",
-                   help="model option, e.g. taps=blocks (repeatable)")
+                   help="model option, e.g. taps=stages (repeatable); options left unset "
+                   "take the model's defaults for adapting")
     p.add_argument("--data", help="dataset spec; default $HFSNET_DATA")
     p.add_argument("--out", required=True, type=out_dir, help="run directory")
     add_config_flags(p, AdaptOptions)

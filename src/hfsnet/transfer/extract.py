@@ -178,7 +178,7 @@ def _extract_splits(model: FeatureClassifier, data: DataSplits, spec: CacheSpec,
         views = {split: spec.train_views if split == "train" else "none" for split in SPLITS}
         rows = {split: len(mine[split]) * view_count(views[split]) for split in SPLITS}
         # One folded copy serves every split: folding, its check and the first batch's
-        # one-off costs are paid once per build (0.2-0.5 s each on EfficientNet-Lite0).
+        # one-off costs are paid once per build, not once per split.
         trunk = frozen_trunk(model, spec, sum(rows.values()))
         for split in SPLITS:
             images: ImageSet = getattr(data, split)
