@@ -205,6 +205,18 @@ def test_fit_head_and_finetune_take_the_shared_flags_from_their_dataclasses():
     assert given_values(args, TrainConfig)["flip"] is False
 
 
+@pytest.mark.parametrize("command", [["finetune", "--checkpoint", "c"], ["adapt", "--model", "m"]])
+def test_fine_tuning_commands_default_to_the_benchmarked_fine_tune(command):
+    """Without --recipe, `finetune` and `adapt --finetune` train benchmarks/adapt.py's recipe
+    (15 epochs, lr 2e-3, 4 px crops); a flag given still wins over it."""
+    args = parse(*command, "--out", "o")
+    config = resolve_config(args.recipe, data="d", **given_values(args, TrainConfig))
+    assert (config.epochs, config.lr, config.crop_padding) == (15, 2e-3, 4)
+    assert (config.epochs, config.lr) != (TrainConfig.epochs, TrainConfig.lr)  # not the defaults
+    args = parse(*command, "--out", "o", "--epochs", "2")
+    assert resolve_config(args.recipe, data="d", **given_values(args, TrainConfig)).epochs == 2
+
+
 def test_the_largest_seed_the_flag_accepts_seeds_everything():
     seed_everything(2**63 - 1)
     assert resolve_config(data="x", seed=2**63 - 1).seed == 2**63 - 1

@@ -10,7 +10,7 @@ from hfsnet.cli.common import add_common, add_threads, emit, out_dir, parse_opti
 from hfsnet.cli.config_flags import add_config_flags, flag_fields, given_values
 from hfsnet.cli.transfer import FINETUNE_CONFIG
 from hfsnet.data import data_spec
-from hfsnet.train.config import RECIPES, TrainConfig, resolve_config
+from hfsnet.train.config import FINETUNE_RECIPE, RECIPES, TrainConfig, resolve_config
 from hfsnet.train.options import flag_of
 from hfsnet.transfer.adapt import (
     AdaptError,
@@ -110,7 +110,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--finetune", action="store_true",
                    help="then fine-tune trunk and head with two learning rates into <out>/"
                         "finetune (flags below)")
-    p.add_argument("--recipe", default="default", choices=sorted(RECIPES),
+    p.add_argument("--recipe", default=FINETUNE_RECIPE, choices=sorted(RECIPES),
                    help="--finetune: the training defaults")
     add_config_flags(p, TrainConfig, only=ADAPT_FINETUNE_CONFIG)
     add_config_flags(p, FinetuneOptions, exclude=FINETUNE_EXCLUDE)

@@ -11,7 +11,7 @@ from hfsnet.cli.common import add_common, add_overwrite, add_threads, emit, out_
 from hfsnet.cli.config_flags import add_config_flags, given_values
 from hfsnet.data import DataError, DataSplits, data_spec, load_dataset
 from hfsnet.textutil import printable
-from hfsnet.train.config import RECIPES, TrainConfig, resolve_config
+from hfsnet.train.config import FINETUNE_RECIPE, RECIPES, TrainConfig, resolve_config
 from hfsnet.train.distributed import is_main_process, launch_torchrun
 from hfsnet.transfer.finetune import FinetuneOptions, finetune
 from hfsnet.transfer.fit import HeadOptions, cache_for, fit_head
@@ -189,7 +189,7 @@ def add_commands(sub: Any) -> None:
     _data_flags(p)
     _cache_flags(p, "--head-init cache: cache root directory or an existing cache")
     p.add_argument("--out", required=True, type=out_dir, help="run directory")
-    p.add_argument("--recipe", default="default", choices=sorted(RECIPES))
+    p.add_argument("--recipe", default=FINETUNE_RECIPE, choices=sorted(RECIPES))
     add_config_flags(p, TrainConfig, only=FINETUNE_CONFIG)
     add_config_flags(p, FinetuneOptions)
     add_overwrite(p)

@@ -231,7 +231,19 @@ RECIPES: dict[str, dict[str, Any]] = {
         "precision": "fp32",
         "channels_last": False,
     },
+    # Fine-tuning a pretrained trunk (`hfsnet finetune`, `hfsnet adapt --finetune`): the recipe
+    # benchmarks/adapt.py pins, at the length it found worth paying for. EfficientNet-Lite0 from
+    # its ridge head, two rates, 100 images per class, quiet AVX2 EPYC: 15 epochs reached
+    # EuroSAT 95.19%, CIFAR-10 60.16%, Fashion-MNIST 83.95% (3 seeds) where 5 stopped at 93.88,
+    # 56.96 and 81.57%; 30 epochs added 0.2-1.4 points for twice the time (one seed;
+    # results/adapt-blocks-epyc-avx2.json, adapt-epyc-quiet.json).
+    "finetune": {
+        "lr": 2e-3,
+        "crop_padding": 4,
+        "epochs": 15,
+    },
 }
+FINETUNE_RECIPE = "finetune"  # the fine-tuning commands' default recipe
 
 # The fast presets: airbench's recipe (Keller Jordan, 2024) on the hfs-air layout, in mean-loss
 # units: its lr 11.5 per 1024 examples with a summed loss and momentum 0.85 is lr 1.5 here, its
