@@ -208,10 +208,11 @@ def test_fit_head_and_finetune_take_the_shared_flags_from_their_dataclasses():
 @pytest.mark.parametrize("command", [["finetune", "--checkpoint", "c"], ["adapt", "--model", "m"]])
 def test_fine_tuning_commands_default_to_the_benchmarked_fine_tune(command):
     """Without --recipe, `finetune` and `adapt --finetune` train benchmarks/adapt.py's recipe
-    (15 epochs, lr 2e-3, 4 px crops); a flag given still wins over it."""
+    (15 epochs, lr 2e-3, 4 px crops, no per-epoch test pass); a flag given still wins."""
     args = parse(*command, "--out", "o")
     config = resolve_config(args.recipe, data="d", **given_values(args, TrainConfig))
     assert (config.epochs, config.lr, config.crop_padding) == (15, 2e-3, 4)
+    assert config.track_test is False  # one test pass, after the last epoch
     assert (config.epochs, config.lr) != (TrainConfig.epochs, TrainConfig.lr)  # not the defaults
     args = parse(*command, "--out", "o", "--epochs", "2")
     assert resolve_config(args.recipe, data="d", **given_values(args, TrainConfig)).epochs == 2
