@@ -111,7 +111,8 @@ def add_commands(sub: Any) -> None:
                    help="then fine-tune trunk and head with two learning rates into <out>/"
                         "finetune (flags below)")
     p.add_argument("--recipe", default=FINETUNE_RECIPE, choices=sorted(RECIPES),
-                   help="--finetune: the training defaults")
+                   help="--finetune: the training defaults that flags override (default: "
+                   "%(default)s)")
     add_config_flags(p, TrainConfig, only=ADAPT_FINETUNE_CONFIG)
     add_config_flags(p, FinetuneOptions, exclude=FINETUNE_EXCLUDE)
     p.add_argument("--quiet", action="store_true", help="no progress output")

@@ -189,7 +189,8 @@ def add_commands(sub: Any) -> None:
     _data_flags(p)
     _cache_flags(p, "--head-init cache: cache root directory or an existing cache")
     p.add_argument("--out", required=True, type=out_dir, help="run directory")
-    p.add_argument("--recipe", default=FINETUNE_RECIPE, choices=sorted(RECIPES))
+    p.add_argument("--recipe", default=FINETUNE_RECIPE, choices=sorted(RECIPES),
+                   help="the training defaults that flags override (default: %(default)s)")
     add_config_flags(p, TrainConfig, only=FINETUNE_CONFIG)
     add_config_flags(p, FinetuneOptions)
     add_overwrite(p)
