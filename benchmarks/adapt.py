@@ -4,7 +4,7 @@ Tasks: EuroSAT RGB (64 px native; ``eurosat-96``, ``eurosat-128``: upsampled by 
 96 px maps have odd sides, so that task takes only the ``cli-adapt`` methods),
 CIFAR-10 (32 px native; ``cifar10-64``: the same images upsampled to 64 px by the trunk),
 Fashion-MNIST (28 px grayscale, replicated to 3 channels and upsampled to 32 px by the trunk;
-``fashion-mnist-64``: to 64 px).
+``fashion-mnist-48``, cli cells only, and ``fashion-mnist-64``: to 48 and 64 px).
 Regimes: 100 training images per class (``100``, VTAB-1k style, drawn by ``few_shot`` with the
 seed) and every training image (``all``); the whole test split always. Methods (a cell is
 task x regime x method x seed):
@@ -96,6 +96,7 @@ TASKS = {
     "cifar10-64": {"spec": str(DATASETS / "cifar10-jpg.tar.gz"), "side": 64},
     "eurosat-96": {"spec": str(DATASETS / "eurosat-rgb.tar.gz"), "side": 96},  # cli cells only
     "eurosat-128": {"spec": str(DATASETS / "eurosat-rgb.tar.gz"), "side": 128},
+    "fashion-mnist-48": {"spec": "fashion-mnist", "side": 48},  # cli cells only
     "fashion-mnist-64": {"spec": "fashion-mnist", "side": 64},
 }
 REGIMES = ("100", "all")
