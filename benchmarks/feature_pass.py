@@ -10,8 +10,11 @@ of ``forward_features`` (``taps=stages``) for the same ``--images`` random image
 
 - ``unmodified``: fp32, contiguous (NCHW), eval, ``no_grad``: the modules as the package builds
   them;
-- ``folded-fp32``: batch norms folded, channels-last, fp32 (what an fp32 cache pass runs);
+- ``folded-fp32``: batch norms folded, symmetric 'same' paddings moved into the convolutions,
+  channels-last, fp32 (what an fp32 cache pass runs);
 - ``folded-bf16``: the same in bf16 autocast;
+- ``padded-fp32``: ``folded-fp32`` with the package's pad-then-convolve kept (``unpad=False``:
+  what moving the paddings buys);
 - ``compiled-fp32``, ``compiled-bf16``: the folded passes compiled by inductor (with freezing);
   the compile time (the first batch) is reported apart and excluded from the rate.
 
@@ -65,7 +68,8 @@ def time_pass(run: Pass, batches: list[torch.Tensor]) -> float:
     return sum(len(x) for x in batches) / (time.perf_counter() - start)
 
 
-VARIANTS = ("unmodified", "folded-fp32", "folded-bf16", "compiled-fp32", "compiled-bf16")
+VARIANTS = ("unmodified", "folded-fp32", "folded-bf16", "padded-fp32", "compiled-fp32",
+            "compiled-bf16")
 
 
 def build_variants(model: EfficientNetLite, names: Sequence[str],
@@ -81,7 +85,8 @@ def build_variants(model: EfficientNetLite, names: Sequence[str],
         else:
             kind, precision = name.split("-")
             trunk = FrozenTrunk(model, precision=precision,
-                                compile="on" if kind == "compiled" else "off")
+                                compile="on" if kind == "compiled" else "off",
+                                unpad=kind != "padded")
             start = time.perf_counter()
             trunk(first)
             if kind == "compiled":

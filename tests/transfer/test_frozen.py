@@ -220,3 +220,25 @@ def test_cached_descriptors_equal_the_unmodified_trunks() -> None:
     got = torch.from_numpy(features.astype(np.float32))
     assert float((got - want).norm() / want.norm()) < 1e-2  # the cache stores float16
     assert labels.tolist() == images.labels.tolist()
+
+
+@pytest.mark.parametrize(("side", "moved", "kept"), [(64, 12, 5), (48, 13, 4)])
+def test_symmetric_same_paddings_move_into_the_convolutions(side, moved, kept) -> None:
+    """EfficientNet-Lite0's stride-1 depthwise convs (and stride-2 ones on odd sides) pad as much
+    before as after: they become plain convs padding inside the convolution, with the same
+    output; the stem and stride-2 convs on even sides pad one pixel more after, and stay."""
+    torch.manual_seed(0)
+    model = EfficientNetLite(3, 3, EfficientNetOptions(pretrained=False, image_size=side))
+    randomise_norms(model)
+    model.eval()
+    unpadded, report = fold_trunk(model)
+    padded, kept_report = fold_trunk(model, unpad=False)
+    assert (report.unpadded, kept_report.unpadded) == (moved, 0)
+    left = [m for m in unpadded.modules() if isinstance(getattr(m, "static_padding", None),
+                                                        nn.ZeroPad2d)]
+    assert len(left) == kept and all(m.static_padding.padding[0] != m.static_padding.padding[1]
+                                     for m in left)
+    x = torch.randn(3, 3, side, side)
+    with torch.no_grad():
+        assert relative_error(unpadded(x), padded(x)) < 1e-6
+        assert relative_error(unpadded(x), reference(model, x)) < 1e-4

@@ -3,7 +3,8 @@
 The trunk is deep-copied (the original is never touched), every batch norm that directly
 follows a convolution is folded into it (also through a max pool, when the norm's scale is
 positive: max commutes with a positive per-channel affine map), activations whose input nothing
-else reads run in place, and the copy runs channels-last, in bf16 autocast when asked, and
+else reads run in place, 'same'-padding convs that pad as much on each side become plain convs
+that pad inside the convolution, and the copy runs channels-last, in bf16 autocast when asked, and
 optionally compiled by inductor. Conv->norm pairs are found on the ``torch.fx`` graph of
 ``forward_features`` (which sees every use of a tensor, so a conv output read by anything besides
 its norm is left alone); when the trunk does not trace, consecutive children of
@@ -202,17 +203,50 @@ def _inplace_activations(root: nn.Module, graph: torch.fx.Graph) -> int:
     return switched
 
 
+def _symmetric_padding(conv: nn.Module) -> tuple[int, int] | None:
+    """(height, width) padding of a 'same'-padding conv of efficientnet_lite_pytorch that pads
+    as much before as after (a ZeroPad2d copy of its input, then an unpadded conv); None for
+    any other module."""
+    pad = getattr(conv, "static_padding", None)
+    if not (isinstance(conv, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d)
+            and type(conv).__module__.startswith("efficientnet_lite_pytorch.")
+            and tuple(conv.padding) == (0, 0)):
+        return None
+    left, right, top, bottom = pad.padding
+    return (top, left) if (left, top) == (right, bottom) else None
+
+
+def unpad_convs(root: nn.Module) -> int:
+    """Replace each conv :func:`_symmetric_padding` finds by an ``nn.Conv2d`` padding inside the
+    convolution: the same output without the padded copy of the input, which for a depthwise
+    conv is the block's widest tensor. Stride-2 convs on even sides pad one pixel more after
+    than before, which a conv cannot, and stay as they are."""
+    replaced = 0
+    for name, conv in list(root.named_modules()):
+        padding = _symmetric_padding(conv)
+        if padding is None:
+            continue
+        plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                          padding, conv.dilation, conv.groups, bias=conv.bias is not None)
+        plain.weight, plain.bias = conv.weight, conv.bias
+        _replace(root, name, plain)
+        replaced += 1
+    return replaced
+
+
 @dataclass
 class FoldReport:
     folded: int  # conv->norm pairs folded
     norms: int  # batch norms in the trunk
     inplace: int  # activations switched to in place
     traced: bool  # pairs found on the fx graph (else: the nn.Sequential fallback)
+    unpadded: int = 0  # 'same'-padding convs now padding inside the convolution
 
 
-def fold_trunk(model: FeatureClassifier) -> tuple[nn.Module, FoldReport]:
-    """An eval-mode deep copy of ``model``'s feature pass with its norms folded; its
-    ``forward(x)`` is ``model.forward_features(x)``."""
+def fold_trunk(model: FeatureClassifier, *, unpad: bool = True) -> tuple[nn.Module, FoldReport]:
+    """An eval-mode deep copy of ``model``'s feature pass with its norms folded (and, with
+    ``unpad``, its symmetric 'same' paddings moved into the convolutions); its ``forward(x)`` is
+    ``model.forward_features(x)``."""
     root = _Features(copy.deepcopy(model)).eval()
     for param in root.parameters():
         param.requires_grad_(False)
@@ -226,7 +260,8 @@ def fold_trunk(model: FeatureClassifier) -> tuple[nn.Module, FoldReport]:
     pairs = fx_pairs(root, graph) if graph is not None else sequential_pairs(root)
     inplace = _inplace_activations(root, graph) if graph is not None else 0
     folded = sum(fold(root, pair) for pair in pairs)
-    return root, FoldReport(folded, norms, inplace, graph is not None)
+    unpadded = unpad_convs(root) if unpad else 0
+    return root, FoldReport(folded, norms, inplace, graph is not None, unpadded)
 
 
 def _close(a: list[torch.Tensor], b: list[torch.Tensor], rtol: float) -> bool:
@@ -246,19 +281,20 @@ class FrozenTrunk:
 
     ``precision``: ``fp32`` or ``bf16`` (autocast). ``compile``: ``on`` (inductor), ``off``, or
     ``auto``: decided on the first batch from its eager time and ``n_images``, the run's size.
+    ``unpad``: see :func:`fold_trunk` (off only to measure what it buys).
     Compiled, a short last batch is zero-padded to the first batch's size (every image is
     computed independently in eval mode), so inductor compiles one shape.
     """
 
     def __init__(self, model: FeatureClassifier, *, precision: str = "fp32",
                  compile: str = "off", n_images: int = 0, device: torch.device | None = None,
-                 check: bool = True) -> None:
+                 check: bool = True, unpad: bool = True) -> None:
         if compile not in COMPILE_MODES:
             raise FrozenTrunkError(f"compile must be one of {', '.join(COMPILE_MODES)}, got "
                                    f"{compile!r}")
         self.original = model
         self.device = device or next(model.parameters()).device
-        self.module, self.report = fold_trunk(model)
+        self.module, self.report = fold_trunk(model, unpad=unpad)
         self.module.to(self.device, memory_format=torch.channels_last)
         self.precision = precision
         self.compile = compile
