@@ -499,17 +499,43 @@ def _caches(results: dict[str, Any]) -> list[Block]:
                "100/class cache build s", "100/class rows sliced vs built directly"], body)]
 
 
+def _key(row: dict[str, Any]) -> tuple[str, str, str]:
+    return row["task"], row["regime"], row["method"]
+
+
+def with_reused(results: dict[str, Any], other: dict[str, Any], name: str) -> dict[str, Any]:
+    """``results`` plus the summary rows, cells and caches of ``other`` for the (task, regime,
+    method) and task keys ``results`` lacks; ``other``'s commands marked as reused from
+    ``name``."""
+    have = {_key(r) for r in results["summary"]}
+    tasks = {c["task"] for c in results.get("caches", [])}
+    return {**results,
+            "summary": results["summary"] + [r for r in other["summary"] if _key(r) not in have],
+            "cells": results["cells"] + [c for c in other["cells"] if _key(c) not in have],
+            "caches": results.get("caches", []) + [c for c in other.get("caches", [])
+                                                   if c["task"] not in tasks],
+            "commands": results["commands"] + [f"{c}  (reused from {name})"
+                                               for c in other["commands"]]}
+
+
 @dataclass(frozen=True)
 class Grid:
     """Cells rerun on one machine with nothing else running, beside the contended grid: the
-    time target is judged by these (their commands are in the results file)."""
+    time target is judged by these (their commands are in the results file). ``reuse``: a grid
+    of the same session whose cells this one did not rerun (its fine-tunes) join it."""
 
     title: str
     path: Path
     about: str
+    reuse: Path | None = None
 
     def load(self) -> dict[str, Any] | None:
-        return fold_sides(json.loads(self.path.read_text())) if self.path.exists() else None
+        if not self.path.exists():
+            return None
+        results = json.loads(self.path.read_text())
+        if self.reuse is not None and self.reuse.exists():
+            results = with_reused(results, json.loads(self.reuse.read_text()), self.reuse.name)
+        return fold_sides(results)
 
 
 QUIET_GRIDS = (
@@ -540,7 +566,17 @@ QUIET_GRIDS = (
          "of the 7 stage ends (`cli-adapt`; `cli-adapt-stages` keeps the stages), at the data's "
          "side and upsampled by the trunk ('@96 px': EuroSAT's 64 px tiles resized to 96), "
          "against two-rate fine-tunes from the ridge head for 15 and 30 epochs, the 15-epoch "
-         "one also at 128 px: the best fine-tune at any side is the one to match."),
+         "one also upsampled (EuroSAT to 128 px, CIFAR-10 and Fashion-MNIST to 64): the best "
+         "fine-tune at any side is the one to match."),
+    Grid("the same heads once the frozen pass moved its 'same' paddings into the convolutions, "
+         "quiet, AMD EPYC with AVX2 only, fp32",
+         REPO / "benchmarks/results/adapt-unpad-epyc-avx2.json",
+         "Every `hfsnet adapt` cell of the grid above rerun after `FrozenTrunk` stopped copying "
+         "each depthwise conv's input into a padded tensor (`unpad_convs`; the pass 1.15-1.46x "
+         "faster, `benchmarks/feature_pass.py`); the fine-tunes are the grid above's cells "
+         "(commands marked 'reused'), their seconds including the ridge head's feature pass "
+         "as it ran before the change.",
+         reuse=REPO / "benchmarks/results/adapt-blocks-epyc-avx2.json"),
 )
 
 
