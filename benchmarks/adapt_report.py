@@ -412,7 +412,9 @@ QUIET_CLI = (("quiet, AMD EPYC (AVX-512 BF16)", REPO / "benchmarks/results/adapt
              ("quiet, AMD EPYC (AVX2 only), freed memory retained",
               REPO / "benchmarks/results/adapt-cli-allocator-epyc-avx2.json"),
              ("quiet, AMD EPYC (AVX2 only), every block tapped",
-              REPO / "benchmarks/results/adapt-blocks-epyc-avx2.json"))
+              REPO / "benchmarks/results/adapt-blocks-epyc-avx2.json"),
+             ("quiet, AMD EPYC (AVX2 only), padding inside the convolutions",
+              REPO / "benchmarks/results/adapt-unpad-epyc-avx2.json"))
 
 
 def _cli_cells(results: dict[str, Any], regime: str) -> list[tuple[str, dict[str, Any]]]:
