@@ -89,9 +89,9 @@ def test_with_views_the_holdout_takes_whole_images(monkeypatch):
     x, y = viewed(n=30, d=5, views=2, seed=6)
     masks = []
 
-    def spy(features, labels, k, mask, chunk=ridge.CHUNK):
+    def spy(features, labels, k, mask, chunk=ridge.CHUNK, gram=True):
         masks.append(mask.copy())
-        return accumulate(features, labels, k, mask, chunk)
+        return accumulate(features, labels, k, mask, chunk, gram)
     monkeypatch.setattr(ridge, "accumulate", spy)
     fit_ridge(x, y, 3, alphas=[0.1, 10.0], holdout=0.2, seed=3, views=2)
     by_view = masks[0].reshape(2, 30)

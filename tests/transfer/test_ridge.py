@@ -214,3 +214,35 @@ def test_three_rows_of_five_columns_are_interpolated_as_alpha_vanishes():
     scores = HAND.astype(np.float64) @ fit.weight.numpy().T + fit.bias.numpy()
     np.testing.assert_allclose(scores, np.eye(2)[labels], atol=1e-7)
     assert fit.lam == pytest.approx(1e-9 * ((HAND - HAND.mean(0)) ** 2).sum() / 5)
+
+
+@pytest.mark.parametrize(("n", "d"), [(40, 120), (240, 6)])
+@pytest.mark.parametrize("alpha_select", ["holdout", "loo"])
+def test_a_fit_whose_moments_nobody_keeps_skips_the_gram_only_in_the_dual(n, d, alpha_select):
+    """keep_moments=False: the same fit; a dual fit (n <= d) returns no moments, having summed
+    only the columns' squares, a primal fit needs (and returns) the Gram matrix anyway."""
+    x, y = problem(n=n, d=d, seed=3)
+    options = {"alphas": GRID, "alpha_select": alpha_select, "seed": 1}
+    kept = fit_ridge(x, y, 3, **options)
+    light = fit_ridge(x, y, 3, keep_moments=False, **options)
+    assert light.alpha == kept.alpha and light.lam == pytest.approx(kept.lam, rel=1e-12)
+    np.testing.assert_allclose(light.weight.numpy(), kept.weight.numpy(), rtol=1e-10,
+                               atol=1e-12)
+    assert kept.moments is not None and kept.moments.sxx.shape == (d, d)
+    if use_dual(n, d):
+        assert light.moments is None
+    else:
+        assert light.moments is not None and light.moments.sxx.shape == (d, d)
+
+
+def test_diagonal_moments_hold_the_column_squares_and_refuse_a_primal_solve():
+    x, y = problem(n=50, d=8, seed=4)
+    full, _ = accumulate(x, y, 3, np.zeros(50, dtype=bool))
+    light, _ = accumulate(x, y, 3, np.zeros(50, dtype=bool), gram=False)
+    assert light.sxx.shape == (8,) and not light.has_gram
+    np.testing.assert_allclose(light.column_squares().numpy(),
+                               np.diag(full.sxx.numpy()), rtol=1e-12)
+    np.testing.assert_allclose(feature_scale(light).numpy(), feature_scale(full).numpy(),
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="no Gram matrix"):
+        light.centered(feature_scale(light))

@@ -173,15 +173,18 @@ def score_descriptors(head: LevelHead, features: np.ndarray, labels: np.ndarray,
 
 def fit_cached_head(cache: FeatureCache, stage_channels: Sequence[int],
                     options: HeadOptions) -> tuple[LevelHead, dict[str, Any]]:
-    """A new head fitted on the cache's training rows, reading raw descriptors."""
-    head, details, _ = fit_cached_head_with_stats(cache, stage_channels, options)
+    """A new head fitted on the cache's training rows, reading raw descriptors (without the
+    ridge moments ``--add`` would need: see :func:`fit_head`)."""
+    head, details, _ = fit_cached_head_with_stats(cache, stage_channels, options,
+                                                  keep_moments=False)
     return head, details
 
 
 def fit_cached_head_with_stats(cache: FeatureCache, stage_channels: Sequence[int],
-                               options: HeadOptions) -> tuple[LevelHead, dict[str, Any],
-                                                              RidgeFit | None]:
-    """:func:`fit_cached_head`, and the ridge fit (with its moments) when the method is ridge."""
+                               options: HeadOptions, *, keep_moments: bool = True,
+                               ) -> tuple[LevelHead, dict[str, Any], RidgeFit | None]:
+    """:func:`fit_cached_head`, and the ridge fit (with its moments, unless not
+    ``keep_moments`` and the fit ran in the dual) when the method is ridge."""
     options.validate()
     levels, pool = cache.key["levels"], cache.key["pool"]
     k = len(cache.classes)
@@ -205,7 +208,8 @@ def fit_cached_head_with_stats(cache: FeatureCache, stage_channels: Sequence[int
              "expand": options.expand, "expand_input": options.expand_input,
              "head_input_width": rows.width}
     if options.method == "ridge":
-        fit = fit_ridge(rows, labels, k, standardize=normalize == "standardize", **ridge)
+        fit = fit_ridge(rows, labels, k, standardize=normalize == "standardize",
+                        keep_moments=keep_moments, **ridge)
         set_ridge_weights(head, fit.weight, fit.bias, fit.temperature)
         details: dict[str, Any] = {"alpha": fit.alpha, "lambda": fit.lam,
                                    "temperature": fit.temperature,

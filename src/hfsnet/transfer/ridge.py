@@ -26,7 +26,8 @@ With no more rows than columns (:func:`use_dual`) every solve runs in the dual: 
 K = Z Z^T of the scaled, centred rows has the Gram matrix's nonzero eigenvalues, and
 (Z^T Z + lam I)^-1 Z^T = Z^T (K + lam I)^-1, so the weights are Z^T (K + lam I)^-1 Y and H's
 diagonal is 1/n + diag(K (K + lam I)^-1): the same fit, scores and chosen alpha, from an n x n
-eigendecomposition instead of a d x d one. The moments are accumulated either way, for ``--add``.
+eigendecomposition instead of a d x d one. The moments are accumulated either way, for ``--add``,
+unless the caller will not keep them (``keep_moments=False``): then a dual fit skips the Gram.
 
 Regression scores of one-hot targets sit around 0..1, far too flat for a softmax, so the fit also
 carries a temperature: the factor on the scores that minimises cross-entropy on the held-out rows
@@ -90,10 +91,11 @@ def chunks(n: int, size: int) -> range:
 
 
 def accumulate(features: np.ndarray | Rows, labels: np.ndarray, k: int, mask: np.ndarray,
-               chunk: int = CHUNK) -> tuple[Moments, Moments]:
-    """(moments of the rows where ``mask`` is False, of those where it is True)."""
+               chunk: int = CHUNK, gram: bool = True) -> tuple[Moments, Moments]:
+    """(moments of the rows where ``mask`` is False, of those where it is True); ``gram``: see
+    :class:`Moments`."""
     rows = as_rows(features)
-    kept, held = Moments.zeros(rows.width, k), Moments.zeros(rows.width, k)
+    kept, held = Moments.zeros(rows.width, k, gram=gram), Moments.zeros(rows.width, k, gram=gram)
     for start in chunks(len(rows), chunk):
         x = rows[start : start + chunk]
         y = one_hot(labels[start : start + chunk], k)
@@ -108,7 +110,7 @@ def feature_scale(moments: Moments, standardize: bool = True) -> torch.Tensor:
     ``standardize``."""
     if not standardize:
         return torch.ones_like(moments.sx)
-    return safe_std(moments.mean(), torch.diagonal(moments.sxx) / moments.n)
+    return safe_std(moments.mean(), moments.column_squares() / moments.n)
 
 
 def strength(gram: torch.Tensor, alpha: float) -> float:
@@ -344,7 +346,8 @@ def _scores(rows: Rows, weight: torch.Tensor, bias: torch.Tensor, chunk: int) ->
 def fit_ridge(features: np.ndarray | Rows, labels: np.ndarray, num_classes: int, *,
               alphas: Sequence[float] = ALPHAS, holdout: float = 0.1, seed: int = 0,
               chunk: int = CHUNK, standardize: bool = True,
-              alpha_select: str = "holdout", views: int = 1) -> RidgeFit:
+              alpha_select: str = "holdout", views: int = 1,
+              keep_moments: bool = True) -> RidgeFit:
     """Ridge fit of one-hot ``labels`` on ``features`` (N x d, any float dtype, may be a memmap,
     or :class:`~hfsnet.transfer.stats.Rows` reading them through a transform).
 
@@ -352,6 +355,8 @@ def fit_ridge(features: np.ndarray | Rows, labels: np.ndarray, num_classes: int,
     chosen by ``alpha_select`` (see the module docstring) is refitted on all rows. The fit runs in
     the primal or, with no more rows than columns, the dual (:func:`use_dual`). ``views``: the
     rows are that many fixed copies of each image, view-major; choices leave whole images out.
+    ``keep_moments`` False: the caller will not save the moments (for ``--add``), so a dual fit
+    skips the d x d Gram matrix (:class:`Moments`) and returns none.
 
     It runs on torch's threads (``--threads``): its time is a few large eigendecompositions and
     products, which two threads ran 1.5-1.75x faster than one on the quiet 2-core AVX2 EPYC for
@@ -374,15 +379,18 @@ def fit_ridge(features: np.ndarray | Rows, labels: np.ndarray, num_classes: int,
     images = image_rows(n, views)
     mask = (np.tile(holdout_mask(len(images), holdout, seed), views) if by_holdout
             else np.zeros(n, dtype=bool))
-    kept, held = accumulate(rows, labels, num_classes, mask, chunk)
+    dual = use_dual(n, rows.width)
+    kept, held = accumulate(rows, labels, num_classes, mask, chunk,
+                            gram=keep_moments or not dual)
     every = kept.merged(held)
     scale = feature_scale(every, standardize)
-    problem = _Problem(rows, labels, num_classes, scale, chunk, use_dual(n, rows.width), views)
+    problem = _Problem(rows, labels, num_classes, scale, chunk, dual, views)
+    saved = every if every.has_gram else None
     truth = torch.from_numpy(labels)
     if len(alphas) == 1:
         weight, bias, lam = problem.solve(every, alphas[0])
         calibration = temperature(_scores(rows, weight, bias, chunk), truth)
-        return RidgeFit(weight, bias, alphas[0], lam, calibration, moments=every, scale=scale)
+        return RidgeFit(weight, bias, alphas[0], lam, calibration, moments=saved, scale=scale)
     if by_holdout:
         spectrum = problem.spectrum(kept, np.flatnonzero(~mask))
         scores = _holdout_scores(problem, mask, spectrum, alphas)
@@ -391,7 +399,7 @@ def fit_ridge(features: np.ndarray | Rows, labels: np.ndarray, num_classes: int,
         alpha = max(alphas, key=lambda a: (accuracy[a], a))
         weight, bias, lam = problem.solve(every, alpha)
         return RidgeFit(weight, bias, alpha, lam, temperature(scores[alpha], truth), accuracy,
-                        moments=every, scale=scale)
+                        moments=saved, scale=scale)
     spectrum = problem.spectrum(every, np.arange(n))
     scores = problem.loo(spectrum, alphas)
     target = one_hot(labels, num_classes)
@@ -400,7 +408,7 @@ def fit_ridge(features: np.ndarray | Rows, labels: np.ndarray, num_classes: int,
     alpha = max(alphas, key=lambda a: (accuracy[a], -error[a], a))
     weight, bias, lam = problem.solve(every, alpha, spectrum)
     return RidgeFit(weight, bias, alpha, lam, temperature(scores[alpha], truth),
-                    loo_acc=accuracy, loo_mse=error, moments=every, scale=scale)
+                    loo_acc=accuracy, loo_mse=error, moments=saved, scale=scale)
 
 
 def _accuracy(scores: torch.Tensor, truth: torch.Tensor) -> float:
