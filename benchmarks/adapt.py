@@ -596,7 +596,8 @@ def write_results(args: argparse.Namespace, log: Path) -> dict:
     caches = read_cells(args.work / "caches.jsonl")
     results = {
         "commands": commands,
-        "model": f"{MODEL} (ImageNet weights, taps=stages, 8 levels)",
+        "model": f"{MODEL} (ImageNet weights; taps=stages, 8 levels, for the cache heads and "
+                 "fine-tunes; cli-adapt cells: adapt's defaults, every block since 2026-12-07)",
         "tasks": TASKS, "per_class": PER_CLASS,
         "grid": {"sgd_epochs": SGD_EPOCHS, "ft_epochs": FT_EPOCHS, "head_lr": HEAD_LR,
                  "trunk_lr_two_rate": 0.2 * HEAD_LR, "recipe": RECIPE,
