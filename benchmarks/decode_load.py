@@ -57,8 +57,9 @@ def measure(mode: str, spec: str, per_class: int) -> float:
     done = subprocess.run([sys.executable, "-c", CHILD, mode, spec, str(per_class)],
                           capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
-        sys.exit(f"decode_load.py: --data {spec}: the {mode} load failed: "
-                 f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else '?'}")
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "?"
+        print(f"decode_load.py: --data {spec}: the {mode} load failed: {last}", file=sys.stderr)
+        sys.exit(2)
     return float(done.stdout.strip().splitlines()[-1])
 
 

@@ -63,9 +63,9 @@ class EfficientNetOptions(ModelOptions):
     # Not measured on the meta device: the size is fixed, and building loads the weights.
     bounded: ClassVar[bool] = False
     # Descriptors of all 16 blocks beat the 7 stage ends by 0.4-0.7 points at 100 images per
-    # class (EuroSAT, CIFAR-10, Fashion-MNIST; 3 seeds) for the same trunk pass, at 0.5-1 s
-    # more pooling and fitting (benchmarks/adapt.py cli-adapt against cli-adapt-stages,
-    # results/adapt-blocks-epyc-avx2.json).
+    # class (EuroSAT, CIFAR-10, Fashion-MNIST; 3 seeds) for the same trunk pass, at 0.6-1.7 s
+    # more pooling and fitting per run (benchmarks/adapt.py cli-adapt against cli-adapt-stages,
+    # results/adapt-blocks-epyc-avx2.json and adapt-unpad-epyc-avx2.json).
     adapt_defaults: ClassVar[Mapping[str, Any]] = {"taps": "blocks"}
 
     pretrained: bool = True

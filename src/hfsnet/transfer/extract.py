@@ -131,7 +131,8 @@ def extract(model: FeatureClassifier, images: ImageSet, features: np.ndarray,
     loader = BatchLoader(images, batch_size, mean=spec.mean, std=spec.std,
                          device=spec.device, channels_last=True)
     n = len(images)
-    trunk = trunk or frozen_trunk(model, spec, n * len(transforms))
+    if trunk is None:
+        trunk = frozen_trunk(model, spec, n * len(transforms))
     progress = Progress(len(loader) * len(transforms), label, enabled=spec.progress)
     start, step, written = 0, 0, 0
     for x, y in loader.epoch(0):
@@ -173,16 +174,16 @@ def _extract_splits(model: FeatureClassifier, data: DataSplits, spec: CacheSpec,
     model.eval()
     model.to(spec.device, memory_format=torch.channels_last)
     try:
-        mine = {split: torch.arange(len(getattr(data, split)))[
-            _shard(len(getattr(data, split)), ctx)] for split in SPLITS}
+        splits: dict[str, ImageSet] = {split: getattr(data, split) for split in SPLITS}
+        mine = {split: images.subset(torch.arange(len(images))[_shard(len(images), ctx)])
+                for split, images in splits.items()}
         views = {split: spec.train_views if split == "train" else "none" for split in SPLITS}
         rows = {split: len(mine[split]) * view_count(views[split]) for split in SPLITS}
         # One folded copy serves every split: folding, its check and the first batch's
         # one-off costs are paid once per build, not once per split.
         trunk = frozen_trunk(model, spec, sum(rows.values()))
         for split in SPLITS:
-            images: ImageSet = getattr(data, split)
-            extract(model, images.subset(mine[split]),
+            extract(model, mine[split],
                     allocate(f"{split}_features", (rows[split], sum(widths)), FEATURE_DTYPE),
                     allocate(f"{split}_labels", (rows[split],), "int64"), spec,
                     label=f"feature pass, {split}", views=views[split], trunk=trunk)
