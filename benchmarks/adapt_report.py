@@ -97,6 +97,13 @@ MULTI_GAIN = 3.0  # points: "multi-level beats last-layer by >= 3 points on aver
 CLI_LIMITS = {"100": 60.0, "all": 180.0}
 
 
+def method_name(method: str) -> str:
+    """How tables and plots name ``method``, a folded one (``fold_sides``) included."""
+    base, at, side = method.partition(" @")
+    name = METHOD_NAMES.get(base, base)
+    return f"{name}, input upsampled to {side}" if at else name
+
+
 def fold_sides(results: dict[str, Any]) -> dict[str, Any]:
     """``results`` with every upsampled task's summary rows and cells moved to the task whose
     images it upsamples, the side in the method's name (``cli-adapt @96 px``)."""
@@ -104,11 +111,7 @@ def fold_sides(results: dict[str, Any]) -> dict[str, Any]:
         if row["task"] not in UPSAMPLED:
             return row
         base, side = UPSAMPLED[row["task"]]
-        method = row["method"]
-        METHOD_NAMES.setdefault(f"{method} @{side} px",
-                                f"{METHOD_NAMES.get(method, method)}, input upsampled to "
-                                f"{side} px")
-        return {**row, "task": base, "method": f"{method} @{side} px"}
+        return {**row, "task": base, "method": f"{row['method']} @{side} px"}
 
     return {**results, "summary": [fold(r) for r in results["summary"]],
             "cells": [fold(c) for c in results["cells"]]}
@@ -136,7 +139,7 @@ def accuracy_table(results: dict[str, Any], regime: str) -> Table | None:
         return None
     body = []
     for method in methods:
-        cells = [METHOD_NAMES.get(method, method)]
+        cells = [method_name(method)]
         for task in tasks:
             row = rows.get((task, regime, method))
             cells.append("—" if row is None else f"{_pct(row)}; {row['seconds_mean']:.0f} s")
@@ -184,7 +187,7 @@ def plot_accuracy(results: dict[str, Any], path: Path) -> Path | None:
                     xs.append(j + (i - len(methods) / 2 + 0.5) * width)
                     ys.append(100 * row["acc_mean"])
                     es.append(100 * (row["acc_std"] or 0.0))
-            ax.bar(xs, ys, width, yerr=es, label=METHOD_NAMES.get(method, method),
+            ax.bar(xs, ys, width, yerr=es, label=method_name(method),
                    color=cmap(i % 20), capsize=2)
         ax.set_xticks(range(len(tasks)), [TASK_NAMES[t] for t in tasks])
         low = min((100 * r["acc_mean"] for k, r in rows.items()
@@ -669,7 +672,7 @@ def readme_table(results: dict[str, Any]) -> list[Block]:
             best = _best(rows, task, "100", methods)
             if best is not None:
                 lines.append([f"{TASK_NAMES[task]}, 100/class, {label}: "
-                              f"{METHOD_NAMES.get(best[0], best[0])}", _pct(best[1]),
+                              f"{method_name(best[0])}", _pct(best[1]),
                               f"{best[1]['seconds_mean']:.0f} s wall"
                               + (" incl. the feature pass" if label != "best fine-tune" else "")])
     if not lines:
