@@ -2,7 +2,8 @@
 
 Tasks: EuroSAT RGB (64 px native; ``eurosat-96``, ``eurosat-128``: upsampled by the trunk;
 96 px maps have odd sides, so that task takes only the ``cli-adapt`` methods),
-CIFAR-10 (32 px native; ``cifar10-64``: the same images upsampled to 64 px by the trunk),
+CIFAR-10 (32 px native; ``cifar10-64``, ``cifar10-96`` (cli cells only), ``cifar10-128``: the
+same images upsampled by the trunk),
 Fashion-MNIST (28 px grayscale, replicated to 3 channels and upsampled to 32 px by the trunk;
 ``fashion-mnist-48``, cli cells only, and ``fashion-mnist-64``: to 48 and 64 px).
 Regimes: 100 training images per class (``100``, VTAB-1k style, drawn by ``few_shot`` with the
@@ -94,6 +95,8 @@ TASKS = {
     "cifar10": {"spec": str(DATASETS / "cifar10-jpg.tar.gz"), "side": 32},
     "fashion-mnist": {"spec": "fashion-mnist", "side": 32},
     "cifar10-64": {"spec": str(DATASETS / "cifar10-jpg.tar.gz"), "side": 64},
+    "cifar10-96": {"spec": str(DATASETS / "cifar10-jpg.tar.gz"), "side": 96},  # cli cells only
+    "cifar10-128": {"spec": str(DATASETS / "cifar10-jpg.tar.gz"), "side": 128},
     "eurosat-96": {"spec": str(DATASETS / "eurosat-rgb.tar.gz"), "side": 96},  # cli cells only
     "eurosat-128": {"spec": str(DATASETS / "eurosat-rgb.tar.gz"), "side": 128},
     "fashion-mnist-48": {"spec": "fashion-mnist", "side": 48},  # cli cells only
