@@ -5,7 +5,8 @@ Tasks: EuroSAT RGB (64 px native; ``eurosat-96``, ``eurosat-128``: upsampled by 
 CIFAR-10 (32 px native; ``cifar10-64``, ``cifar10-96`` (cli cells only), ``cifar10-128``: the
 same images upsampled by the trunk),
 Fashion-MNIST (28 px grayscale, replicated to 3 channels and upsampled to 32 px by the trunk;
-``fashion-mnist-48``, cli cells only, and ``fashion-mnist-64``: to 48 and 64 px).
+``fashion-mnist-48`` and ``fashion-mnist-96``, cli cells only, and ``fashion-mnist-64``: to 48,
+96 and 64 px).
 Regimes: 100 training images per class (``100``, VTAB-1k style, drawn by ``few_shot`` with the
 seed) and every training image (``all``); the whole test split always. Methods (a cell is
 task x regime x method x seed):
@@ -101,6 +102,7 @@ TASKS = {
     "eurosat-128": {"spec": str(DATASETS / "eurosat-rgb.tar.gz"), "side": 128},
     "fashion-mnist-48": {"spec": "fashion-mnist", "side": 48},  # cli cells only
     "fashion-mnist-64": {"spec": "fashion-mnist", "side": 64},
+    "fashion-mnist-96": {"spec": "fashion-mnist", "side": 96},  # cli cells only
 }
 REGIMES = ("100", "all")
 PER_CLASS = 100

@@ -34,13 +34,15 @@ TASK_NAMES = {"eurosat": "EuroSAT (64 px)", "cifar10": "CIFAR-10 (32 px)",
               "cifar10-96": "CIFAR-10 (32→96 px)", "cifar10-128": "CIFAR-10 (32→128 px)",
               "eurosat-96": "EuroSAT (64→96 px)", "eurosat-128": "EuroSAT (64→128 px)",
               "fashion-mnist-48": "Fashion-MNIST (28→48 px)",
-              "fashion-mnist-64": "Fashion-MNIST (28→64 px)"}
+              "fashion-mnist-64": "Fashion-MNIST (28→64 px)",
+              "fashion-mnist-96": "Fashion-MNIST (28→96 px)"}
 # Tasks that are another task's images upsampled by the trunk: a verdict judges a dataset by
 # its best head and best fine-tune at any side, so these fold into it (``fold_sides``).
 UPSAMPLED = {"cifar10-64": ("cifar10", 64), "cifar10-96": ("cifar10", 96),
              "cifar10-128": ("cifar10", 128), "eurosat-96": ("eurosat", 96),
              "eurosat-128": ("eurosat", 128), "fashion-mnist-48": ("fashion-mnist", 48),
-             "fashion-mnist-64": ("fashion-mnist", 64)}
+             "fashion-mnist-64": ("fashion-mnist", 64),
+             "fashion-mnist-96": ("fashion-mnist", 96)}
 METHOD_NAMES = {
     "logreg-last": "logistic regression, last level",
     "ridge-last": "ridge, last level",
