@@ -530,20 +530,22 @@ def with_reused(results: dict[str, Any], other: dict[str, Any], name: str) -> di
 @dataclass(frozen=True)
 class Grid:
     """Cells rerun on one machine with nothing else running, beside the contended grid: the
-    time target is judged by these (their commands are in the results file). ``reuse``: a grid
-    of the same session whose cells this one did not rerun (its fine-tunes) join it."""
+    time target is judged by these (their commands are in the results file). ``reuse``: grids
+    of the same machine whose cells this one did not rerun join it, the first grid's before the
+    second's."""
 
     title: str
     path: Path
     about: str
-    reuse: Path | None = None
+    reuse: tuple[Path, ...] = ()
 
     def load(self) -> dict[str, Any] | None:
         if not self.path.exists():
             return None
         results = json.loads(self.path.read_text())
-        if self.reuse is not None and self.reuse.exists():
-            results = with_reused(results, json.loads(self.reuse.read_text()), self.reuse.name)
+        for path in self.reuse:
+            if path.exists():
+                results = with_reused(results, json.loads(path.read_text()), path.name)
         return fold_sides(results)
 
 
@@ -585,7 +587,16 @@ QUIET_GRIDS = (
          "faster, `benchmarks/feature_pass.py`); the fine-tunes are the grid above's cells "
          "(commands marked 'reused'), their seconds including the ridge head's feature pass "
          "as it ran before the change.",
-         reuse=REPO / "benchmarks/results/adapt-blocks-epyc-avx2.json"),
+         reuse=(REPO / "benchmarks/results/adapt-blocks-epyc-avx2.json",)),
+    Grid("CIFAR-10 upsampled to 96 and 128 px, quiet, AMD EPYC with AVX2 only, fp32",
+         REPO / "benchmarks/results/adapt-cifar-sides-epyc-avx2.json",
+         "CIFAR-10 adapted and fine-tuned at larger sides (the 64 px cells rerun beside them), "
+         "since the 64 px fine-tune had gained 13 points over 32 px and left every head 3.4 "
+         "points behind; with Fashion-MNIST at 96 px and EuroSAT's 24,300 images at 96 px, the "
+         "cells behind `hfsnet adapt`'s 96 px default side for small images. The other tasks' "
+         "cells are the two grids above's (commands marked 'reused').",
+         reuse=(REPO / "benchmarks/results/adapt-unpad-epyc-avx2.json",
+                REPO / "benchmarks/results/adapt-blocks-epyc-avx2.json")),
 )
 
 

@@ -14,7 +14,7 @@ from hfsnet import cli
 from hfsnet.cli import adapt as adapt_cli
 from hfsnet.models import ModelError, create_model, registry
 from hfsnet.models.base import count_params
-from hfsnet.models.efficientnet import ENTRIES
+from hfsnet.models.efficientnet import ENTRIES, EfficientNetOptions
 from hfsnet.train import resolve_config
 from hfsnet.train.checkpoint import load_checkpoint
 from hfsnet.train.optim import ParamGroup
@@ -75,7 +75,7 @@ def test_checkpoint_serves_predict_evaluate_and_export(rgb_folder, tmp_path, cap
                            "total_seconds", "out_dir", "classes"}
     assert result["classes"] == ["circle", "square", "stripe"]
     assert result["feature_seconds"] + result["fit_seconds"] <= result["total_seconds"]
-    assert result["input_side"] == 32 and result["test_images"] == 18
+    assert result["input_side"] == 96 and result["test_images"] == 18  # upsampled from 32 px
     assert result["head"]["method"] == "ridge" and result["cache_built"]
     ckpt = load_checkpoint(out)
     assert ckpt.meta["mean"] == pytest.approx([127 / 255] * 3)  # the trunk's, not the data's
@@ -264,14 +264,27 @@ def test_bad_input_is_one_line_exit_2(rgb_folder, tmp_path, capsys):
         assert err.count("\n") == 1 and message in err, (flags, err)
 
 
-def test_small_images_need_an_explicit_larger_side(tmp_path, make_image_folder, capsys):
+def test_small_images_are_upsampled_to_the_models_smallest_side(tmp_path, make_image_folder,
+                                                                capsys, monkeypatch):
+    """Images under the model's ``adapt_min_side`` (96 px for Lite0) are upsampled to it by the
+    trunk, with a note; --image-size overrides; a model without one refuses sides it cannot
+    take and names the flag."""
     data = make_image_folder(tmp_path / "small", size=16, per_class=(4, 2))
-    code, _, err = run_adapt(capsys, *RANDOM, "--data", str(data), "--out", str(tmp_path / "a"))
+    code, result, err = run_adapt(capsys, *RANDOM, "--data", str(data), "--out",
+                                  str(tmp_path / "a"), *SHALLOW)
+    assert code == 0 and result["input_side"] == 96
+    assert "the data's 16 px images are upsampled to 96 px" in err
+    assert load_checkpoint(tmp_path / "a").meta["image_size"] == [16, 16]  # stored natively
+    code, result, err = run_adapt(capsys, *RANDOM, "--data", str(data), "--out",
+                                  str(tmp_path / "b"), "--image-size", "32", *SHALLOW)
+    assert code == 0 and result["input_side"] == 32 and "upsampled" not in err
+    big = make_image_folder(tmp_path / "big", size=100, per_class=(2, 1))
+    code, result, err = run_adapt(capsys, *RANDOM, "--data", str(big), "--out",
+                                  str(tmp_path / "c"), *SHALLOW)
+    assert code == 0 and result["input_side"] == 100 and "upsampled" not in err
+    monkeypatch.setattr(EfficientNetOptions, "adapt_min_side", None)
+    code, _, err = run_adapt(capsys, *RANDOM, "--data", str(data), "--out", str(tmp_path / "d"))
     assert code == 2 and "--image-size N to upsample" in err
-    code, result, _ = run_adapt(capsys, *RANDOM, "--data", str(data), "--out",
-                                str(tmp_path / "b"), "--image-size", "32", *SHALLOW)
-    assert code == 0 and result["input_side"] == 32
-    assert load_checkpoint(tmp_path / "b").meta["image_size"] == [16, 16]  # stored natively
 
 
 def test_rgba_and_mixed_sizes_load_with_a_note(tmp_path, capsys):
@@ -304,7 +317,9 @@ def test_library_call_without_the_cli(rgb_folder, tmp_path):
     result = adapt(MODEL, str(rgb_folder), tmp_path / "lib", options,
                    model_options={"pretrained": False}, note=notes.append)
     assert result.train_images == 12 and result.classes == ["circle", "square", "stripe"]
-    assert result.head["levels"] == [1, 2] and notes[0].startswith("feature pass:")
+    assert result.head["levels"] == [1, 2] and result.input_side == 96
+    assert notes[0].startswith("input side: the data's 32 px") and notes[1].startswith(
+        "feature pass: efficientnet-lite0 at 96 px")
     saved = json.loads((tmp_path / "lib" / "result.json").read_text())
     assert saved["test_acc"] == result.test_acc and saved["epochs"] == 0
 

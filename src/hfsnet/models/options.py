@@ -26,10 +26,13 @@ class ModelOptions:
     meta device before building (off for networks hfsnet does not own). ``adapt_defaults``:
     options ``hfsnet adapt`` sets when the user does not (written into the run's checkpoint like
     any option given, so a later change of these defaults never changes a saved model).
+    ``adapt_min_side``: the side ``hfsnet adapt`` upsamples smaller images to when
+    ``--image-size`` is not given (None: the data's own side).
     """
 
     bounded: ClassVar[bool] = True
     adapt_defaults: ClassVar[Mapping[str, Any]] = {}
+    adapt_min_side: ClassVar[int | None] = None
 
     @classmethod
     def names(cls) -> list[str]:

@@ -7,9 +7,10 @@ it like any other. Optionally fine-tune from there with two learning rates.
 
 How the data is prepared for the trunk, each step announced as a note:
 
-- The trunk resizes its inputs itself (its ``image_size`` option), to the data's own side by
-  default; the images are stored at their native size. A folder of mixed sizes is resized on
-  loading to ``--image-size``, else to the model's default input side.
+- The trunk resizes its inputs itself (its ``image_size`` option), by default to the data's own
+  side or, for smaller images, the model's ``adapt_min_side``; the images are stored at their
+  native size. A folder of mixed sizes is resized on loading to ``--image-size``, else to the
+  model's default input side.
 - Grayscale images are replicated to 3 channels for an RGB trunk; RGBA images lose their alpha in
   the decoder (the colour under every pixel is kept).
 - Normalisation is the trunk's (``model.preprocessing``), never the new data's statistics.
@@ -77,7 +78,8 @@ class AdaptOptions:
 
     image_size: int | None = option(None, check=IMAGE_SIZES, metavar="N",
                                     help="side the trunk resizes its inputs to (default: the "
-                                    "data's own; larger upsamples)")
+                                    "data's own, raised to the model's smallest adapting "
+                                    "side if smaller)")
     classes: str | None = option(None, metavar="A,B,C",
                                  help="comma-separated class names to keep (relabelled in order)")
     per_class: int | None = option(None, check=at_least(1), metavar="N",
@@ -170,6 +172,16 @@ def default_input_side(name: str, model_options: dict[str, Any]) -> int | None:
     return getattr(parse_options(get_entry(name), model_options), "image_size", None)
 
 
+def input_side(name: str, options: AdaptOptions, data_side: int, note: Note) -> int:
+    """``--image-size``, else the data's side raised to the model's ``adapt_min_side``."""
+    least = get_entry(name).options.adapt_min_side
+    if options.image_size is not None or least is None or data_side >= least:
+        return options.image_size or data_side
+    note(f"input side: the data's {data_side} px images are upsampled to {least} px by the "
+         f"trunk, the smallest side {name} adapts at unless --image-size says otherwise")
+    return least
+
+
 def build_trunk(name: str, model_options: dict[str, Any], num_classes: int, side: int,
                 side_given: bool) -> FeatureClassifier:
     """The registry model ``name`` with its pretrained weights, resizing inputs to ``side``;
@@ -221,7 +233,7 @@ def adapt(model: str, data: str, out_dir: str | Path, options: AdaptOptions | No
     model_options = dict(model_options or {})
     if "image_size" in model_options:
         raise AdaptError("--model-opt image_size: the input side is --image-size (default: the "
-                         "data's own)")
+                         "data's own, or the model's smallest adapting side)")
     seed_everything(options.head.seed)
     notes: list[str] = []
 
@@ -232,7 +244,7 @@ def adapt(model: str, data: str, out_dir: str | Path, options: AdaptOptions | No
     with RunLock(out):
         target, load_side = load_target_data(data, options, default_input_side(
             model, model_options), noted)
-        side = options.image_size or load_side or max(target.image_size)
+        side = input_side(model, options, load_side or max(target.image_size), noted)
         trunk = build_trunk(model, model_options, target.num_classes, side,
                             options.image_size is not None)
         source = Source.pretrained(trunk)
