@@ -18,9 +18,9 @@ from hfsnet.models.efficientnet import ENTRIES, EfficientNetOptions
 from hfsnet.train import resolve_config
 from hfsnet.train.checkpoint import load_checkpoint
 from hfsnet.train.optim import ParamGroup
+from hfsnet.transfer import fit as fit_module
 from hfsnet.transfer.adapt import AdaptOptions, adapt
 from hfsnet.transfer.finetune import FinetuneOptions, build_finetuner, describe_groups
-from hfsnet.transfer import fit as fit_module
 from hfsnet.transfer.fit import HeadOptions
 from hfsnet.transfer.source import Source, load_source, load_target
 from tests.helpers import last_json
