@@ -67,9 +67,10 @@ class EfficientNetOptions(ModelOptions):
     # more pooling and fitting per run (benchmarks/adapt.py cli-adapt against cli-adapt-stages,
     # results/adapt-blocks-epyc-avx2.json and adapt-unpad-epyc-avx2.json).
     adapt_defaults: ClassVar[Mapping[str, Any]] = {"taps": "blocks"}
-    # Small images upsampled to 96 px: +1.2 (EuroSAT 64 px), +14 (CIFAR-10 32 px) and +1.4
-    # (Fashion-MNIST 28 px) points at 100 per class for 1.6-2.9x the seconds (8-9 s -> 13-26 s);
-    # 128 px adds 0.7 and 2.4 more for 1.3-1.8x again (benchmarks/adapt.py cli-adapt cells,
+    # Small images upsampled to 96 px: +1.2 (EuroSAT 64 px), +14.3 (CIFAR-10 32 px) and +1.8
+    # (Fashion-MNIST 28 px) points at 100 per class, 3 seeds, for 1.6-3.5x the seconds (8-10 s
+    # -> 13-31 s; all 24,300 EuroSAT images 52 -> 87 s); 128 px adds 0.7 (EuroSAT) and 1.9
+    # (CIFAR-10) more for 1.3-1.7x again (benchmarks/adapt.py cli-adapt cells,
     # results/adapt-unpad-epyc-avx2.json, adapt-cifar-sides-epyc-avx2.json).
     adapt_min_side: ClassVar[int] = 96
 
