@@ -410,28 +410,36 @@ def verdict_two_rates(rows: dict, tasks: list[str]) -> list[str]:
 
 # The cli-adapt cells run alone (``--results`` of a ``--methods cli-adapt`` run), per machine:
 # the 2-core machine kind was an AMD EPYC with AVX-512 BF16, then an Intel Xeon, then an AMD
-# EPYC with AVX2 only (docs/performance.md section 0), there again once hfsnet kept freed memory
-# and once adapt tapped every block.
-QUIET_CLI = (("quiet, AMD EPYC (AVX-512 BF16)", REPO / "benchmarks/results/adapt-cli-quiet.json"),
-             ("quiet, Intel Xeon", REPO / "benchmarks/results/adapt-cli-quiet-xeon.json"),
+# EPYC with AVX2 only (docs/performance.md section 0), there again once hfsnet kept freed memory,
+# once adapt tapped every block and once it upsampled small images to 96 px: (label, results
+# file, task).
+UPSAMPLED_DEFAULT = "quiet, AMD EPYC (AVX2 only), upsampled to 96 px (the default since 2026-12-08)"
+QUIET_CLI = (("quiet, AMD EPYC (AVX-512 BF16)", REPO / "benchmarks/results/adapt-cli-quiet.json",
+              "eurosat"),
+             ("quiet, Intel Xeon", REPO / "benchmarks/results/adapt-cli-quiet-xeon.json",
+              "eurosat"),
              ("quiet, AMD EPYC (AVX2 only)",
-              REPO / "benchmarks/results/adapt-cli-quiet-epyc-avx2.json"),
+              REPO / "benchmarks/results/adapt-cli-quiet-epyc-avx2.json", "eurosat"),
              ("quiet, AMD EPYC (AVX2 only), freed memory retained",
-              REPO / "benchmarks/results/adapt-cli-allocator-epyc-avx2.json"),
+              REPO / "benchmarks/results/adapt-cli-allocator-epyc-avx2.json", "eurosat"),
              ("quiet, AMD EPYC (AVX2 only), every block tapped",
-              REPO / "benchmarks/results/adapt-blocks-epyc-avx2.json"),
+              REPO / "benchmarks/results/adapt-blocks-epyc-avx2.json", "eurosat"),
              ("quiet, AMD EPYC (AVX2 only), padding inside the convolutions",
-              REPO / "benchmarks/results/adapt-unpad-epyc-avx2.json"))
+              REPO / "benchmarks/results/adapt-unpad-epyc-avx2.json", "eurosat"),
+             (UPSAMPLED_DEFAULT, REPO / "benchmarks/results/adapt-unpad-epyc-avx2.json",
+              "eurosat-96"),
+             (UPSAMPLED_DEFAULT, REPO / "benchmarks/results/adapt-cifar-sides-epyc-avx2.json",
+              "eurosat-96"))
 
 
 def _cli_cells(results: dict[str, Any], regime: str) -> list[tuple[str, dict[str, Any]]]:
     """(label, cell) of the EuroSAT cli-adapt cells of ``regime``: this grid's (contended) and
     the quiet reruns', the last of which the target is judged by when present."""
-    runs = [("contended", results["cells"])] + [
-        (label, json.loads(path.read_text())["cells"]) for label, path in QUIET_CLI
+    runs = [("contended", results["cells"], "eurosat")] + [
+        (label, json.loads(path.read_text())["cells"], task) for label, path, task in QUIET_CLI
         if path.exists()]
-    return [(label, c) for label, cells in runs for c in cells
-            if c["method"] == "cli-adapt" and c["task"] == "eurosat" and c["regime"] == regime]
+    return [(label, c) for label, cells, task in runs for c in cells
+            if c["method"] == "cli-adapt" and c["task"] == task and c["regime"] == regime]
 
 
 def verdict_cli(results: dict[str, Any]) -> list[str]:
