@@ -2,7 +2,8 @@
 like for like.
 
     .venv/bin/python benchmarks/throughput.py [--data PATH] [--steps 60] [--batch-sizes 32,256]
-                                              [--repeats 3] [--threads N]
+                                              [--repeats 3] [--threads N] [--precisions fp32]
+                                              [--results PATH]
 
 Both train ``seed-cnn`` (Adam, lr 2e-4, no augmentation: the seed recipe) from the same CIFAR-10
 subset for ``--steps`` steps, in this one process, with the same threads, at every batch size
@@ -48,6 +49,7 @@ from hfsnet.data import DataSplits, load_dataset, normalize
 from hfsnet.models import create_model
 from hfsnet.train import Trainer, resolve_config
 from hfsnet.train.run import build_model
+from hfsnet.train.runtime import cpu_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 from plain_loop import train_plain
@@ -127,13 +129,16 @@ def spread(values: list[float]) -> dict[str, Any]:
             "runs": values}
 
 
-def measure(data: DataSplits, sizes: list[int], steps: int,
-            repeats: int) -> list[dict[str, Any]]:
-    """One row per (batch size, setting) from ``repeats`` interleaved plain/hfsnet pairs."""
+def measure(data: DataSplits, sizes: list[int], steps: int, repeats: int,
+            precisions: tuple[str, ...] = ("fp32", "bf16")) -> list[dict[str, Any]]:
+    """One row per (batch size, setting of ``precisions``) from ``repeats`` interleaved
+    plain/hfsnet pairs."""
     runs: dict[tuple[int, str, bool], dict[str, list[dict[str, float]]]] = {}
     for batch_size in sizes:
         for _ in range(repeats):
             for precision, channels_last in SETTINGS:
+                if precision not in precisions:
+                    continue
                 key = (batch_size, precision, channels_last)
                 pair = runs.setdefault(key, {"plain": [], "hfsnet": []})
                 pair["plain"].append(run_plain(data, batch_size, steps, precision,
@@ -156,7 +161,11 @@ def measure(data: DataSplits, sizes: list[int], steps: int,
 
 
 def defaults_vs_baseline(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Per batch size: hfsnet at its user defaults over the plain loop in fp32 NCHW (medians)."""
+    """Per batch size: hfsnet at its user defaults over the plain loop in fp32 NCHW (medians);
+    empty when the defaults' setting was not measured."""
+    if not any((r["precision"], r["channels_last"]) == USER_DEFAULT for r in rows):
+        return {}
+
     def median(batch_size: int, setting: tuple[str, bool], side: str) -> float:
         row = next(r for r in rows if r["batch_size"] == batch_size
                    and (r["precision"], r["channels_last"]) == setting)
@@ -254,6 +263,10 @@ def main() -> None:
     parser.add_argument("--profile", metavar="RECIPE", help="profile RECIPE's training step")
     parser.add_argument("--precision", choices=("fp32", "bf16"),
                         help="with --profile: override the recipe's precision")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="the precisions compared (fp32 alone where bf16 is emulated: "
+                        "~10x slower on an AVX2-only CPU)")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -269,19 +282,20 @@ def main() -> None:
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     load_start = _load_average()
     data = load_dataset(args.data, limit_train=args.steps * max(sizes))
-    rows = measure(data, sizes, args.steps, args.repeats)
+    rows = measure(data, sizes, args.steps, args.repeats, tuple(args.precisions.split(",")))
     defaults = defaults_vs_baseline(rows)
     load_end = _load_average()
     print_rows(rows, defaults)
     print(f"load average (1/5/15 min): {load_start} at the start, {load_end} at the end")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    args.results.parent.mkdir(exist_ok=True)
+    args.results.write_text(json.dumps({
         "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "repeats": args.repeats,
         "load_average_start": list(load_start), "load_average_end": list(load_end),
         "rows": rows, "defaults_vs_plain_fp32_nchw": defaults,
+        "cpu": cpu_description(),
     }, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.results}")
 
 
 def _load_average() -> tuple[float, float, float]:
