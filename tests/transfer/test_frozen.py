@@ -204,6 +204,32 @@ def test_compile_setting_and_break_even() -> None:
     assert should_compile(1e-2, 100_000)  # a quarter of an hour: worth it
 
 
+def test_compiled_pass_sees_one_batch_shape(monkeypatch) -> None:
+    """Compiled, every batch is padded to the caller's batch size, a first split smaller than
+    one batch included, so inductor never recompiles for a new shape; the padding never reaches
+    the features."""
+    shapes: list[int] = []
+
+    def fake_compile(fn, dynamic):
+        assert dynamic is False
+
+        def compiled(x):
+            shapes.append(len(x))
+            return fn(x)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = seed().eval()
+    trunk = FrozenTrunk(model, compile="on", batch_size=8)
+    torch.manual_seed(2)
+    for n in (3, 8, 5):  # a 3-image train split, then a test split of 13 in batches of 8
+        x = torch.randn(n, 3, 32, 32)
+        got = trunk(x)
+        assert [len(f) for f in got] == [n] * len(got)
+        with torch.no_grad():
+            assert relative_error(got, model.forward_features(x)) < 1e-4
+    assert trunk.compiled and shapes == [8, 8, 8]
+
 def test_cached_descriptors_equal_the_unmodified_trunks() -> None:
     model = efficientnet()
     torch.manual_seed(1)

@@ -113,6 +113,11 @@ def images_per_batch(batch_size: int, side: tuple[int, int]) -> int:
     return max(1, min(batch_size, batch_size * BATCH_SIDE**2 // pixels))
 
 
+def batch_for(model: FeatureClassifier, images: ImageSet, spec: CacheSpec) -> int:
+    """Images per trunk batch: ``spec.batch_size`` scaled to the side the trunk computes at."""
+    return images_per_batch(spec.batch_size, trunk_side(model, images))
+
+
 @torch.inference_mode()
 def extract(model: FeatureClassifier, images: ImageSet, features: np.ndarray,
             labels: np.ndarray, spec: CacheSpec, label: str = "features",
@@ -127,12 +132,11 @@ def extract(model: FeatureClassifier, images: ImageSet, features: np.ndarray,
     batch by batch, so the images are never held more than once.
     """
     transforms = view_transforms(views, tuple(images.images.shape[-2:]))
-    batch_size = images_per_batch(spec.batch_size, trunk_side(model, images))
-    loader = BatchLoader(images, batch_size, mean=spec.mean, std=spec.std,
+    loader = BatchLoader(images, batch_for(model, images, spec), mean=spec.mean, std=spec.std,
                          device=spec.device, channels_last=True)
     n = len(images)
     if trunk is None:
-        trunk = frozen_trunk(model, spec, n * len(transforms))
+        trunk = frozen_trunk(model, spec, n * len(transforms), images)
     progress = Progress(len(loader) * len(transforms), label, enabled=spec.progress)
     start, step, written = 0, 0, 0
     for x, y in loader.epoch(0):
@@ -153,11 +157,12 @@ def extract(model: FeatureClassifier, images: ImageSet, features: np.ndarray,
     progress.close()
 
 
-def frozen_trunk(model: FeatureClassifier, spec: CacheSpec, n_images: int) -> FrozenTrunk:
-    """The folded copy of ``model`` that computes ``n_images`` descriptors (compiled when they
-    repay the compile time)."""
+def frozen_trunk(model: FeatureClassifier, spec: CacheSpec, n_images: int,
+                 images: ImageSet) -> FrozenTrunk:
+    """The folded copy of ``model`` that computes ``n_images`` descriptors of images like
+    ``images`` (compiled when they repay the compile time), in batches of ``batch_for``."""
     return FrozenTrunk(model, precision=spec.precision, compile="auto", n_images=n_images,
-                       device=spec.device)
+                       device=spec.device, batch_size=batch_for(model, images, spec))
 
 
 def _shard(n: int, ctx: DistContext) -> slice:
@@ -181,7 +186,7 @@ def _extract_splits(model: FeatureClassifier, data: DataSplits, spec: CacheSpec,
         rows = {split: len(mine[split]) * view_count(views[split]) for split in SPLITS}
         # One folded copy serves every split: folding, its check and the first batch's
         # one-off costs are paid once per build, not once per split.
-        trunk = frozen_trunk(model, spec, sum(rows.values()))
+        trunk = frozen_trunk(model, spec, sum(rows.values()), mine["train"])
         for split in SPLITS:
             extract(model, mine[split],
                     allocate(f"{split}_features", (rows[split], sum(widths)), FEATURE_DTYPE),

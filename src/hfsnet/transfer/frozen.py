@@ -282,13 +282,15 @@ class FrozenTrunk:
     ``precision``: ``fp32`` or ``bf16`` (autocast). ``compile``: ``on`` (inductor), ``off``, or
     ``auto``: decided on the first batch from its eager time and ``n_images``, the run's size.
     ``unpad``: see :func:`fold_trunk` (off only to measure what it buys).
-    Compiled, a short last batch is zero-padded to the first batch's size (every image is
-    computed independently in eval mode), so inductor compiles one shape.
+    Compiled, a shorter batch is zero-padded to ``batch_size`` (the largest the caller passes;
+    0: the first batch's size), the first batch included, since every image is computed
+    independently in eval mode: inductor compiles one shape, also where the first split is
+    smaller than one batch.
     """
 
     def __init__(self, model: FeatureClassifier, *, precision: str = "fp32",
                  compile: str = "off", n_images: int = 0, device: torch.device | None = None,
-                 check: bool = True, unpad: bool = True) -> None:
+                 check: bool = True, unpad: bool = True, batch_size: int = 0) -> None:
         if compile not in COMPILE_MODES:
             raise FrozenTrunkError(f"compile must be one of {', '.join(COMPILE_MODES)}, got "
                                    f"{compile!r}")
@@ -302,7 +304,7 @@ class FrozenTrunk:
         self.check = check
         self.compiled = False
         self._fn: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
-        self._batch = 0
+        self._batch = batch_size
 
     def _eager(self, x: torch.Tensor) -> list[torch.Tensor]:
         with autocast(self.device, self.precision):
@@ -339,23 +341,28 @@ class FrozenTrunk:
                 return out
         self._fn = torch.compile(self._eager, dynamic=False)
         self.compiled = True
-        self._batch = len(x)
+        self._batch = max(self._batch, len(x))
         # Freezing lets inductor treat the weights as constants: it prepacks them for oneDNN
         # and fuses each conv with the activation after it. It applies when the graph
         # compiles, on this first call.
         from torch._inductor import config as inductor_config  # here: a slow import
 
         with inductor_config.patch(freezing=True):
+            return self._compiled(x)
+
+    def _compiled(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The compiled pass on ``x`` zero-padded to the compiled batch size."""
+        assert self._fn is not None
+        n = len(x)
+        if n == self._batch:
             return self._fn(x)
+        pad = x.new_zeros((self._batch - n, *x.shape[1:])).contiguous(
+            memory_format=torch.channels_last)
+        return [f[:n] for f in self._fn(torch.cat([x, pad]))]
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         if self._fn is None:
             return self._first_call(x)
-        n = len(x)
-        if self.compiled and n < self._batch:
-            pad = x.new_zeros((self._batch - n, *x.shape[1:])).contiguous(
-                memory_format=torch.channels_last)
-            return [f[:n] for f in self._fn(torch.cat([x, pad]))]
-        return self._fn(x)
+        return self._compiled(x) if self.compiled else self._fn(x)
