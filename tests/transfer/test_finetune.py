@@ -135,6 +135,39 @@ def test_gradual_unfreezing_goes_from_the_deepest_stage():
     assert all(p.requires_grad for p in model.blocks[2].parameters())
 
 
+def test_frozen_levels_stay_frozen_and_out_of_the_optimizer(source_run, new_data, tmp_path,
+                                                            capsys):
+    """--frozen-levels 1: the shallowest level (with the stem) keeps its weights bit for bit
+    through a fine-tune whose deeper levels train, sits in no optimizer group (the printed
+    groups say so) and is recorded; with gradual unfreezing it never thaws."""
+    source = load_source(source_run)
+    before = trunk_state(source.model)
+    shallow = {id(p) for m in source.model.stage_modules()[0] for p in m.parameters()}
+    names = {id(p): n for n, p in source.model.named_parameters()}
+    frozen_keys = {names[i] for i in shallow}
+    trainer, record = build_finetuner(source, load_target(source, str(new_data)), config(),
+                                      tmp_path / "ft", FinetuneOptions(frozen_levels=1),
+                                      progress=False)
+    assert "in no group (not trained)" in capsys.readouterr().err
+    grouped = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert not shallow & grouped and record["frozen_levels"] == 1
+    trainer.fit()
+    after = trunk_state(load_checkpoint(tmp_path / "ft").build_model())
+    changed = {k for k in before if not torch.equal(after[k], before[k])}
+    assert changed and not changed & frozen_keys
+    schedule = FreezeSchedule(source.model, freeze_epochs=1, unfreeze="gradual",
+                              frozen_levels=1)
+    assert [schedule.frozen(e) for e in range(4)] == [[0, 1], [0], [0], [0]]
+
+
+def test_frozen_levels_leave_a_level_to_train(source_run, new_data, tmp_path):
+    source = load_source(source_run)
+    levels = len(source.model.stage_modules())
+    with pytest.raises(ConfigError, match=f"--frozen-levels {levels}: .* has {levels} levels, "
+                       f"so at most {levels - 1} can stay frozen"):
+        build_finetuner(source, load_target(source, str(new_data)), config(), tmp_path / "ft",
+                        FinetuneOptions(frozen_levels=levels), progress=False)
+
 def test_new_classes_replace_the_classifier_and_are_stored(source_run, new_data, tmp_path):
     source = load_source(source_run)
     finetune(source, load_target(source, str(new_data)), config(epochs=1), tmp_path / "ft",

@@ -57,6 +57,9 @@ class FinetuneOptions:
                                 "before the trunk is unfrozen (at most --epochs)")
     unfreeze: str = option("all", choices=UNFREEZE, help="after the frozen epochs: the whole "
                            "trunk, or one stage per epoch from the deepest")
+    frozen_levels: int = option(0, check=at_least(0), metavar="N",
+                                help="the trunk's N shallowest levels stay frozen for the whole "
+                                "run (no gradients through them, in no optimizer group)")
     norm_stats: str = option("frozen", choices=NORM_STATS, help="batch norm statistics of the "
                              "stages being trained: frozen keeps the source's running statistics "
                              "(the norms' affine weights still learn); batch normalises by each "
@@ -80,10 +83,24 @@ class FinetuneOptions:
                               f"{self.freeze_epochs!r}")
 
 
-def param_groups(model: FeatureClassifier, head_lr: float, trunk_lr: float) -> list[ParamGroup]:
-    """The head and the trunk as two optimizer groups with their own base learning rates."""
+def param_groups(model: FeatureClassifier, head_lr: float, trunk_lr: float,
+                 frozen_levels: int = 0) -> list[ParamGroup]:
+    """The head and the trunk as two optimizer groups with their own base learning rates; the
+    parameters of the ``frozen_levels`` shallowest levels in neither."""
+    held = {id(p) for modules in model.stage_modules()[:frozen_levels] for m in modules
+            for p in m.parameters()}
+    trunk = [p for p in model.trunk_parameters() if id(p) not in held]
     return [ParamGroup("head", model.head_parameters(), head_lr),
-            ParamGroup("trunk", model.trunk_parameters(), trunk_lr)]
+            ParamGroup("trunk", trunk, trunk_lr)]
+
+
+def check_frozen_levels(model: FeatureClassifier, frozen_levels: int) -> None:
+    """At least one of the trunk's levels must train (a frozen trunk is --freeze-epochs)."""
+    levels = len(model.stage_modules())
+    if frozen_levels >= levels:
+        raise ConfigError(f"--frozen-levels {frozen_levels}: {model.model_name} has {levels} "
+                          f"levels, so at most {levels - 1} can stay frozen (to train the head "
+                          "alone, use --freeze-epochs)")
 
 
 def describe_groups(model: FeatureClassifier, groups: Sequence[ParamGroup]) -> list[str]:
@@ -118,7 +135,8 @@ def print_groups(model: FeatureClassifier, groups: Sequence[ParamGroup],
 
 class FreezeSchedule:
     """An epoch hook: the trunk is frozen for ``freeze_epochs``, then unfrozen at once
-    (``all``) or one stage per epoch from the deepest (``gradual``).
+    (``all``) or one stage per epoch from the deepest (``gradual``); the ``frozen_levels``
+    shallowest stages stay frozen throughout.
 
     A frozen stage gets no gradients and, unless ``train_bn``, runs in eval mode so its batch
     norm statistics (and dropout) stay fixed: its weights and buffers come out bit-identical.
@@ -128,13 +146,16 @@ class FreezeSchedule:
     """
 
     def __init__(self, model: FeatureClassifier, freeze_epochs: int, unfreeze: str = "all",
-                 train_bn: bool = False, norm_stats: str = "frozen") -> None:
+                 train_bn: bool = False, norm_stats: str = "frozen",
+                 frozen_levels: int = 0) -> None:
         stages = model.stage_modules()
         # "all" unfreezes the trunk as one group: the stages' modules together, so what share()
         # froze (in no stage) stays frozen.
-        self.stages = stages if unfreeze == "gradual" else [[m for s in stages for m in s]]
+        per_stage = unfreeze == "gradual" or frozen_levels > 0
+        self.stages = stages if per_stage else [[m for s in stages for m in s]]
         self.freeze_epochs = freeze_epochs
         self.unfreeze = unfreeze
+        self.frozen_levels = frozen_levels
         self.train_bn = train_bn
         self.norm_stats = norm_stats
 
@@ -142,10 +163,12 @@ class FreezeSchedule:
         """Indices of the stages frozen during ``epoch`` (0-based)."""
         n = len(self.stages)
         if epoch < self.freeze_epochs:
-            return list(range(n))
-        if self.unfreeze == "all":
-            return []
-        return list(range(max(0, n - (epoch - self.freeze_epochs + 1))))
+            scheduled = n
+        elif self.unfreeze == "all":
+            scheduled = 0
+        else:
+            scheduled = max(0, n - (epoch - self.freeze_epochs + 1))
+        return list(range(max(scheduled, self.frozen_levels)))
 
     def __call__(self, trainer: Trainer, epoch: int) -> None:
         frozen = set(self.frozen(epoch))
@@ -208,14 +231,17 @@ def build_finetuner(source: Source, data: DataSplits, config: TrainConfig, out_d
                                  model_options=model.model_options,
                                  image_size=source.config.get("image_size"))
     head_lr, trunk_lr = options.rates(config)
-    groups = param_groups(model, head_lr, trunk_lr)
+    check_frozen_levels(model, options.frozen_levels)
+    groups = param_groups(model, head_lr, trunk_lr, options.frozen_levels)
     print_groups(model, groups)
     trainer = Trainer(config, out_dir, data, model, groups=groups, progress=progress,
                       overwrite=overwrite)
     trainer.epoch_hooks.append(FreezeSchedule(model, options.freeze_epochs, options.unfreeze,
-                                              options.train_bn, options.norm_stats))
+                                              options.train_bn, options.norm_stats,
+                                              options.frozen_levels))
     record = {"source": source.origin, "head_lr": head_lr, "trunk_lr": trunk_lr,
               "freeze_epochs": options.freeze_epochs, "unfreeze": options.unfreeze,
+              "frozen_levels": options.frozen_levels,
               "norm_stats": options.norm_stats, "train_bn": options.train_bn,
               "head_init": options.head_init,
               "source_classes": source.classes, "classes": data.classes, **head_info}
