@@ -33,7 +33,7 @@ from torch import nn
 from hfsnet.data import load_dataset
 from hfsnet.models import create_model
 from hfsnet.models.efficientnet import _resize as resize
-from hfsnet.train.allocator import retain_freed_memory
+from hfsnet.train.allocator import allocator_in_effect, retain_freed_memory
 from hfsnet.train.runtime import cpu_description
 from hfsnet.transfer.subsets import few_shot
 
@@ -79,7 +79,7 @@ class Top(nn.Module):
         self.blocks = nn.ModuleList(list(model.net._blocks)[start:])
         self.conv_head, self.bn1, self.act = model.net._conv_head, model.net._bn1, model.net._swish
         self.head = model.head
-        self.lower = [model.level_channels[i] for i in range(start)]
+        self.lower = model.level_channels[:start]
 
     def forward(self, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         levels = [p[:, :, None, None] for p in pooled.split(self.lower, 1)] if self.lower else []
@@ -155,7 +155,7 @@ def run(side: int, start: int, epochs: int, head_lr: float, seed: int) -> dict:
             "seconds": time.perf_counter() - process_start,
             "cached_map_shape": list(train_maps.shape[1:]), "cpu": cpu_description(),
             "load_average": list(os.getloadavg()), "threads": torch.get_num_threads(),
-            "allocator": retain_freed_memory(),
+            "allocator": allocator_in_effect(),
             "command": " ".join([".venv/bin/python", *map(str, sys.argv)])}
 
 

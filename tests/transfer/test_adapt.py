@@ -257,11 +257,16 @@ def test_bad_input_is_one_line_exit_2(rgb_folder, tmp_path, capsys):
          "not a pretrained trunk"),
         ([*RANDOM, "--model-opt", "image_size=64", "--data", str(rgb_folder), "--out", out],
          "--model-opt image_size: the input side is --image-size"),
+        # refused before the feature pass (no progress lines), not after the head fit
+        ([*RANDOM, "--data", str(rgb_folder), "--out", out, "--image-size", "32",
+          "--finetune", "--frozen-levels", "17"],
+         "--frozen-levels 17: efficientnet-lite0 has 17 levels, so at most 16"),
     ]
     for flags, message in cases:
         code, _, err = run_adapt(capsys, *flags)
         assert code == 2, flags
         assert err.count("\n") == 1 and message in err, (flags, err)
+    assert not list((tmp_path / "r").rglob("*"))  # no feature cache, no checkpoint written
 
 
 def test_small_images_are_upsampled_to_the_models_smallest_side(tmp_path, make_image_folder,

@@ -222,13 +222,14 @@ def test_compiled_pass_sees_one_batch_shape(monkeypatch) -> None:
     model = seed().eval()
     trunk = FrozenTrunk(model, compile="on", batch_size=8)
     torch.manual_seed(2)
-    for n in (3, 8, 5):  # a 3-image train split, then a test split of 13 in batches of 8
+    for n in (3, 8, 5, 10):  # a 3-image train split, a test split of 13 in batches of 8,
+        # then a batch larger than announced, which compiles its own shape
         x = torch.randn(n, 3, 32, 32)
         got = trunk(x)
         assert [len(f) for f in got] == [n] * len(got)
         with torch.no_grad():
             assert relative_error(got, model.forward_features(x)) < 1e-4
-    assert trunk.compiled and shapes == [8, 8, 8]
+    assert trunk.compiled and shapes == [8, 8, 8, 10]
 
 def test_cached_descriptors_equal_the_unmodified_trunks() -> None:
     model = efficientnet()

@@ -45,7 +45,7 @@ from hfsnet.train.config import IMAGE_SIZES, TrainConfig
 from hfsnet.train.options import at_least, option, validate_fields
 from hfsnet.train.rundir import RunLock, check_unlocked, refuse_existing_run, remove_run, run_files
 from hfsnet.train.runtime import seed_everything
-from hfsnet.transfer.finetune import FinetuneOptions, finetune
+from hfsnet.transfer.finetune import FinetuneOptions, check_frozen_levels, finetune
 from hfsnet.transfer.fit import HeadOptions, cache_for, fit_cached_head, score_descriptors
 from hfsnet.transfer.source import Source, for_trunk
 from hfsnet.transfer.subsets import few_shot, parse_classes, select_classes
@@ -247,6 +247,8 @@ def adapt(model: str, data: str, out_dir: str | Path, options: AdaptOptions | No
         side = input_side(model, options, load_side or max(target.image_size), noted)
         trunk = build_trunk(model, model_options, target.num_classes, side,
                             options.image_size is not None)
+        if options.finetune is not None:  # refused before the feature pass, not after it
+            check_frozen_levels(trunk, options.finetune.options.frozen_levels)
         source = Source.pretrained(trunk)
         target = prepare_data(source, target, noted)
         cache_root = Path(options.cache) if options.cache else out / CACHE_DIR

@@ -148,11 +148,9 @@ class FreezeSchedule:
     def __init__(self, model: FeatureClassifier, freeze_epochs: int, unfreeze: str = "all",
                  train_bn: bool = False, norm_stats: str = "frozen",
                  frozen_levels: int = 0) -> None:
-        stages = model.stage_modules()
-        # "all" unfreezes the trunk as one group: the stages' modules together, so what share()
-        # froze (in no stage) stays frozen.
-        per_stage = unfreeze == "gradual" or frozen_levels > 0
-        self.stages = stages if per_stage else [[m for s in stages for m in s]]
+        # Only the stages' modules are ever switched, so what share() froze (in no stage)
+        # stays frozen.
+        self.stages = model.stage_modules()
         self.freeze_epochs = freeze_epochs
         self.unfreeze = unfreeze
         self.frozen_levels = frozen_levels

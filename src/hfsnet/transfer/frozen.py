@@ -351,10 +351,11 @@ class FrozenTrunk:
             return self._compiled(x)
 
     def _compiled(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The compiled pass on ``x`` zero-padded to the compiled batch size."""
+        """The compiled pass on ``x`` zero-padded to the compiled batch size (a larger batch than
+        the caller announced compiles its own shape)."""
         assert self._fn is not None
         n = len(x)
-        if n == self._batch:
+        if n >= self._batch:
             return self._fn(x)
         pad = x.new_zeros((self._batch - n, *x.shape[1:])).contiguous(
             memory_format=torch.channels_last)
