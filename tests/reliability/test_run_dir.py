@@ -120,6 +120,25 @@ def test_a_directory_without_run_files_is_used_as_it_is(tiny_folder, tmp_path):
     assert (out / "config.json").exists()
 
 
+def test_a_run_that_fails_before_writing_leaves_no_directory_it_made(tiny_folder, tmp_path,
+                                                                     capsys):
+    out = tmp_path / "new" / "run"
+    assert train_cli(tiny_folder, out, "--lr", "1e30") == 2  # non-finite loss at step 1
+    assert "loss" in capsys.readouterr().err
+    assert not out.exists() and (tmp_path / "new").is_dir()  # only the folder it locked
+
+
+def test_the_lock_removes_only_an_empty_directory_it_created(tmp_path):
+    made, kept, written = tmp_path / "made", tmp_path / "kept", tmp_path / "written"
+    kept.mkdir()
+    with RunLock(made), RunLock(kept), RunLock(written):
+        assert (made / LOCK_NAME).exists()
+        (written / "config.json").write_text("{}")
+    assert not made.exists()
+    assert kept.is_dir() and not list(kept.iterdir())  # the user's empty folder stays
+    assert [p.name for p in written.iterdir()] == ["config.json"]
+
+
 def test_overwrite_and_resume_dir_together_are_refused(finished, tiny_folder, capsys):
     run, before = finished
     assert main(["train", "--resume", str(run), "--overwrite", "--quiet"]) == 2

@@ -221,7 +221,7 @@ def test_single_class_dataset_is_refused(tmp_path, make_image_folder, capsys):
     assert code == 2
     assert err.count("\n") == 1
     assert "only one class ('only')" in err and "two or more class folders" in err
-    assert not (tmp_path / "r" / "checkpoint.safetensors").exists()
+    assert not (tmp_path / "r").exists()  # refused inside the run lock: no empty --out left
 
 
 def test_one_class_left_by_classes_is_refused(rgb_folder, tmp_path, capsys):

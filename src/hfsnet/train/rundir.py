@@ -9,6 +9,7 @@ model that cannot be built, a NaN in the first steps) leaves the old one as it w
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -160,12 +161,15 @@ class RunLock:
     The kernel drops an flock when its process dies, even by SIGKILL, so a lock file left by a
     dead process is stale by construction: it is taken over, with a note. Where the file
     system has no flock the pid in the file decides (a live process on this host keeps it).
+    A directory the lock created is removed on release if the run left nothing in it, so a
+    run refused before its first write leaves no empty ``--out`` behind.
     """
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self._fd: int | None = None
+        self._created_dir = False
 
     @property
     def held(self) -> bool:
@@ -174,9 +178,13 @@ class RunLock:
     def acquire(self) -> RunLock:
         if self._fd is not None:
             return self
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._created_dir = not self.run_dir.exists()
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # another process's release removed the empty directory
+                continue
             try:
                 _lock_or_raise(fd, self.run_dir)
             except BaseException:
@@ -202,6 +210,9 @@ class RunLock:
             self.path.unlink(missing_ok=True)  # while still locked: nobody holds it meanwhile
         finally:
             os.close(fd)
+        if self._created_dir:
+            with contextlib.suppress(OSError):  # not empty: the run wrote there, keep it
+                self.run_dir.rmdir()
 
     def __enter__(self) -> RunLock:
         return self.acquire()
