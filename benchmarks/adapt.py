@@ -18,6 +18,10 @@ task x regime x method x seed):
                      ``--train-views flip`` (the mirror of every training image too) or
                      ``dihedral`` (8 fixed flips and turns), and ``--expand 2048``
     cli-adapt-2x2, cli-adapt-2x2-flip   ``--pool 2x2``, without and with ``--train-views flip``
+    cli-adapt-finetune   ``hfsnet adapt --finetune``: its head on every block, then the
+                     ``finetune`` recipe's two-rate fine-tune from it; the cell's accuracy is the
+                     fine-tuned model's, its seconds the whole command's (the head's own test
+                     pass included), the head's accuracy kept as ``head_test_acc``
     logreg-last      multinomial logistic regression (torch LBFGS on standardised columns, L2
                      strength chosen on a 10% holdout) on the last level, global-average-pooled
     ridge-last       ridge on the last level (gap)
@@ -458,7 +462,8 @@ CLI_ADAPT = {"cli-adapt": [], "cli-adapt-stages": ["--model-opt", "taps=stages"]
              "cli-adapt-dihedral": ["--train-views", "dihedral"],
              "cli-adapt-dihedral-expand": ["--train-views", "dihedral", "--expand", "2048"],
              "cli-adapt-2x2": ["--pool", "2x2"],
-             "cli-adapt-2x2-flip": ["--pool", "2x2", "--train-views", "flip"]}
+             "cli-adapt-2x2-flip": ["--pool", "2x2", "--train-views", "flip"],
+             "cli-adapt-finetune": ["--finetune"]}
 
 
 def cli_adapt_cell(method: str, task: str, regime: str, seed: int,
@@ -473,10 +478,18 @@ def cli_adapt_cell(method: str, task: str, regime: str, seed: int,
     done, seconds = timed(lambda: subprocess.run(command, cwd=REPO, capture_output=True,
                                                  text=True, check=True))
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"test_acc": result["test_acc"], "seconds": seconds, "command": " ".join(command),
+    cell = {"test_acc": result["test_acc"], "seconds": seconds, "command": " ".join(command),
             "feature_seconds": result["feature_seconds"], "fit_seconds": result["fit_seconds"],
             "eval_seconds": result["eval_seconds"],
             "total_seconds_inside": result["total_seconds"], "cache_built": result["cache_built"]}
+    if result["finetune"] is not None:
+        finetuned = result["finetune"]
+        cell.update(test_acc=finetuned["test_acc"], head_test_acc=result["test_acc"],
+                    epochs=finetuned["epochs"], finetune_seconds=finetuned["seconds"],
+                    finetune_train_seconds=finetuned["train_seconds"],
+                    precision=json.loads((Path(finetuned["out_dir"]) / "config.json")
+                                         .read_text())["precision"])
+    return cell
 
 
 # ---------------------------------------------------------------- the grid
