@@ -1,9 +1,10 @@
 """The price of feature sharing per training step: hfs-air-s against its plain twin, side by side.
 
     .venv/bin/python benchmarks/sharing_step.py [--batch-size 1024] [--rounds 4] [--threads 1]
-        [--variants air-plain-s,hfs-air-s] [--compile] [--results PATH]
+        [--variants air-plain-s,hfs-air-s] [--compile] [--precision bf16] [--results PATH]
 
-Times one SGD training step (bf16 autocast, channels-last, the `fast` recipe's layout) of
+Times one SGD training step (bf16 autocast, or fp32 with ``--precision fp32``, the precision
+``--precision auto`` picks where bf16 is emulated; channels-last, the `fast` recipe's layout) of
 
     air-plain-s   no phi, head on the last stage (airbench's net)
     fuse-only     no phi, head fusing every stage
@@ -14,7 +15,8 @@ Times one SGD training step (bf16 autocast, channels-last, the `fast` recipe's l
 on one random batch, the variants interleaved round by round so that load on the machine hits
 them alike; the minimum over rounds is kept. Writes ``benchmarks/results/sharing_step.json``
 with each variant's milliseconds per step and its ratio to the first variant. ``hfs-air-m``,
-``hfs-air`` and ``air-plain`` (the wider nets of fast-long and of the peer) can be named too.
+``air-plain-m`` (fast-long's nets), ``hfs-air`` and ``air-plain`` (the peer's widths) can be
+named too.
 
 With ``--compile`` every variant also runs as ``torch.compile(model)`` (inductor, the whole
 training step's forward and backward), recorded with its compile time (its first two steps,
@@ -50,6 +52,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "hfs-air-m": ("hfs-air-m", {}),
     "hfs-air": ("hfs-air", {}),
     "air-plain": ("air-plain", {}),
+    "air-plain-m": ("air-plain-m", {}),
 }
 
 
@@ -68,13 +71,14 @@ def build(variant: str) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def timed_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], float]:
-    """One bf16 SGD training step of ``model`` on (x, y), returning its seconds."""
+def timed_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               precision: str) -> Callable[[], float]:
+    """One SGD training step of ``model`` on (x, y) in ``precision``, returning its seconds."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.85, nesterov=True)
 
     def step() -> float:
         start = time.perf_counter()
-        with torch.autocast("cpu", torch.bfloat16):
+        with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
             loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -93,6 +97,7 @@ def main() -> None:
                                               "hfs-air-s-cat")
     parser.add_argument("--compile", action="store_true",
                         help="also time every variant under torch.compile")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
@@ -104,10 +109,10 @@ def main() -> None:
     y = torch.randint(0, 10, (args.batch_size,))
     steps, compile_seconds = {}, {}
     for variant in args.variants.split(","):
-        steps[variant] = timed_step(build(variant), x, y)
+        steps[variant] = timed_step(build(variant), x, y, args.precision)
         eager = steps[variant]() + steps[variant]()  # warm-up: oneDNN picks its kernels
         if args.compile:
-            compiled = timed_step(torch.compile(build(variant)), x, y)
+            compiled = timed_step(torch.compile(build(variant)), x, y, args.precision)
             compile_seconds[f"{variant}+compile"] = compiled() + compiled() - eager
             steps[f"{variant}+compile"] = compiled
     seconds: dict[str, list[float]] = {v: [] for v in steps}
@@ -126,6 +131,7 @@ def main() -> None:
     args.results.parent.mkdir(exist_ok=True)
     args.results.write_text(json.dumps({
         "batch_size": args.batch_size, "rounds": args.rounds, "threads": args.threads,
+        "precision": args.precision,
         "load_average_before": os.getloadavg()[0], "torch": torch.__version__,
         "cpu": cpu_description(), "rows": rows,
     }, indent=2) + "\n")

@@ -19,11 +19,14 @@ numbers are quiet. Prints a table and writes ``benchmarks/results/throughput.jso
 
     .venv/bin/python benchmarks/throughput.py --profile fast [--steps 6] [--threads N]
 
-instead profiles ``--steps`` training steps of a recipe (``fast``: hfs-air-s, batch 1024) through
-the trainer's loader and model: seconds per step by kind of operator (convolutions forward and
-backward, norms, activations, pooling, concatenation and casts, optimizer, loss), batch
-preparation (augmentation and normalisation) timed apart, and the model's forward MACs per
-image.
+instead profiles ``--steps`` training steps of a recipe (``fast``: air-plain-s, batch 1024)
+through the trainer's loader and model, with freed memory retained as `hfsnet train` does:
+seconds per step by kind of operator (convolutions forward and backward, norms, activations,
+pooling, concatenation and casts, optimizer, loss), batch preparation (augmentation and
+normalisation) timed apart, the model's forward MACs per image, and the same steps timed
+without the profiler first, with the minor page faults of both: where the profiled run faults
+and the plain one does not, the profile's fills and copies are the profiler's cost, not the
+step's (``--results``: default ``results/profile-RECIPE[-PRECISION].json``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -48,6 +52,7 @@ from hfsnet.analysis.summary import summarize as summarize_model
 from hfsnet.data import DataSplits, load_dataset, normalize
 from hfsnet.models import create_model
 from hfsnet.train import Trainer, resolve_config
+from hfsnet.train.allocator import allocator_in_effect, retain_freed_memory
 from hfsnet.train.run import build_model
 from hfsnet.train.runtime import cpu_description
 
@@ -218,11 +223,19 @@ def profile_recipe(recipe: str, data: DataSplits, steps: int,
         prepared = [next(batches) for _ in range(steps + 1)]
         prepare = (time.perf_counter() - start) / (steps + 1)
         trainer._train_step(*prepared[0], 0)  # warm-up: oneDNN picks its kernels
-        with torch.profiler.profile() as prof:
-            start = time.perf_counter()
+
+        def timed_steps() -> tuple[float, float]:
+            """Seconds and minor page faults per step over the prepared batches."""
+            faults, start = _minor_faults(), time.perf_counter()
             for i, (x, y) in enumerate(prepared[1:], start=1):
                 trainer._train_step(x, y, i)
-            step = (time.perf_counter() - start) / steps
+            return (time.perf_counter() - start) / steps, (_minor_faults() - faults) / steps
+
+        # The same steps unprofiled first: the profiler's own allocations break the reuse of
+        # freed memory, so under it large fills fault pages in that a plain run does not.
+        plain_step, plain_faults = timed_steps()
+        with torch.profiler.profile() as prof:
+            step, step_faults = timed_steps()
     kinds: dict[str, float] = defaultdict(float)
     other: dict[str, float] = {}
     for event in prof.key_averages():
@@ -235,15 +248,23 @@ def profile_recipe(recipe: str, data: DataSplits, steps: int,
     macs = summarize_model(model, (data.in_channels, *data.image_size)).totals.macs
     return {"recipe": recipe, "precision": config.precision, "load_average": os.getloadavg(),
             "batch_size": config.batch_size, "step_seconds": step,
+            "page_faults_per_step": step_faults, "unprofiled_step_seconds": plain_step,
+            "unprofiled_page_faults_per_step": plain_faults, "allocator": allocator_in_effect(),
             "prepare_seconds": prepare, "by_kind": dict(kinds), "largest_other": largest_other,
             "macs_per_image": macs,
             "train_flop_per_second": 3 * 2 * macs * config.batch_size / step}
 
 
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def print_profile(p: dict[str, object]) -> None:
     print(f"{p['recipe']} ({p['precision']}): batch {p['batch_size']}, "
           f"{p['step_seconds']:.3f} s per step "
-          f"(profiled), batch preparation {p['prepare_seconds']:.3f} s; "
+          f"(profiled, {p['page_faults_per_step']:,.0f} page faults a step; unprofiled "
+          f"{p['unprofiled_step_seconds']:.3f} s, {p['unprofiled_page_faults_per_step']:,.0f} "
+          f"faults), batch preparation {p['prepare_seconds']:.3f} s; "
           f"{p['macs_per_image'] / 1e6:.1f} MMACs/image forward, "
           f"{p['train_flop_per_second'] / 1e9:.0f} GFLOP/s achieved (3x forward FLOPs)")
     total = sum(p["by_kind"].values())
@@ -256,7 +277,9 @@ def print_profile(p: dict[str, object]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=DEFAULT_DATA)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int,
+                        help="steps per run (default 60); with --profile, steps profiled "
+                        "(default 6: a batch of 1024 has 48 steps in an epoch)")
     parser.add_argument("--batch-sizes", default="32,256")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved pairs per row")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
@@ -266,20 +289,25 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16",
                         help="the precisions compared (fp32 alone where bf16 is emulated: "
                         "~10x slower on an AVX2-only CPU)")
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path,
+                        help="default: results/throughput.json, or with --profile "
+                        "results/profile-RECIPE[-PRECISION].json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.profile:
-        profile = profile_recipe(args.profile, load_dataset(args.data), args.steps,
+        retain_freed_memory()  # as every `hfsnet` command does (HFSNET_MALLOC=system: not)
+        profile = profile_recipe(args.profile, load_dataset(args.data), args.steps or 6,
                                  args.precision)
         print_profile(profile)
         suffix = f"-{args.precision}" if args.precision else ""
-        path = RESULTS.with_name(f"profile-{args.profile}{suffix}.json")
+        path = args.results or RESULTS.with_name(f"profile-{args.profile}{suffix}.json")
         path.write_text(json.dumps(profile, indent=2) + "\n")
         print(f"wrote {path}")
         return
     sizes = [int(b) for b in args.batch_sizes.split(",")]
+    args.steps = args.steps or 60
+    args.results = args.results or RESULTS
     load_start = _load_average()
     data = load_dataset(args.data, limit_train=args.steps * max(sizes))
     rows = measure(data, sizes, args.steps, args.repeats, tuple(args.precisions.split(",")))
