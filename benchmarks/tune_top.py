@@ -32,7 +32,7 @@ from torch import nn
 
 from hfsnet.data import load_dataset
 from hfsnet.models import create_model
-from hfsnet.models.efficientnet import _resize as resize
+from hfsnet.models.efficientnet import resize_to_side
 from hfsnet.train.allocator import allocator_in_effect, retain_freed_memory
 from hfsnet.train.runtime import cpu_description
 from hfsnet.transfer.subsets import few_shot
@@ -58,7 +58,7 @@ def bottom_pass(model: nn.Module, images: torch.Tensor,
     net = model.net
     maps, pooled = [], []
     for i in range(0, len(images), TEST_BATCH):
-        x = resize(normalized(images[i : i + TEST_BATCH], model), model.options.image_size)
+        x = resize_to_side(normalized(images[i : i + TEST_BATCH], model), model.options.image_size)
         x = net._swish(net._bn0(net._conv_stem(x)))
         levels = []
         for block in list(net._blocks)[:start]:

@@ -161,7 +161,7 @@ def load_trunk_weights(net: nn.Module, path: Path) -> None:
     net.load_state_dict(state)
 
 
-def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
+def resize_to_side(x: torch.Tensor, side: int) -> torch.Tensor:
     """Bilinear (antialiased when shrinking) resize to ``side`` x ``side``."""
     if x.shape[-2] == side and x.shape[-1] == side:
         return x
@@ -170,7 +170,7 @@ def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
 
 
 # A leaf for torch.fx: its shape test would not trace, and the frozen pass traces the trunk.
-torch.fx.wrap("_resize")
+torch.fx.wrap("resize_to_side")
 
 
 def _group_ends(blocks: nn.ModuleList) -> list[int]:
@@ -232,7 +232,7 @@ class EfficientNetLite(FeatureClassifier):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         net = self.net
-        x = _resize(x, self.options.image_size)
+        x = resize_to_side(x, self.options.image_size)
         x = net._swish(net._bn0(net._conv_stem(x)))
         features = []
         for i, block in enumerate(net._blocks):
