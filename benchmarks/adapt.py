@@ -59,8 +59,9 @@ seed 0, and its rows compared with the sliced ones).
 
 ``--methods`` takes names or the groups ``heads``, ``levels``, ``ft``. Every finished cell is
 one JSON line in WORK/cells.jsonl and a rerun skips it; each invocation merges every cell of
-the log into --results with its command line and load averages. ``--report`` runs nothing: it
-renders the report from --results as committed (a fresh checkout has no WORK log to merge).
+the log into --results with its command line and load averages (a --work that lacks cells of an
+existing --results file, such as a fresh checkout's, first takes them from it). ``--report``
+runs nothing: it renders the report from --results as committed.
 """
 
 from __future__ import annotations
@@ -600,6 +601,29 @@ def invocation(argv: list[str]) -> str:
     return env + ".venv/bin/python benchmarks/adapt.py " + " ".join(argv)
 
 
+def seed_work(results: Path, work: Path) -> None:
+    """Start ``work`` from the cells, caches and commands of an existing ``results`` file
+    that its logs lack: a fresh checkout (or a lost --work) adding cells to a committed file
+    keeps its other cells, and skips them, instead of writing the file anew from the new
+    cells alone."""
+    if not results.is_file():
+        return
+    previous = json.loads(results.read_text())
+    log, caches_log = work / "cells.jsonl", work / "caches.jsonl"
+    have = {cell_id(c) for c in read_cells(log)}
+    tasks = {c["task"] for c in read_cells(caches_log)}
+    for path, rows in ((log, [c for c in previous["cells"] if cell_id(c) not in have]),
+                       (caches_log, [c for c in previous.get("caches", [])
+                                     if c["task"] not in tasks])):
+        with path.open("a") as file:
+            file.writelines(json.dumps(row) + "\n" for row in rows)
+    commands_file = work / "commands.txt"
+    commands = commands_file.read_text().splitlines() if commands_file.is_file() else []
+    older = [c for c in previous["commands"] if c not in commands]
+    if older:
+        commands_file.write_text("".join(line + "\n" for line in older + commands))
+
+
 def record_command(work: Path, argv: list[str]) -> None:
     """WORK/commands.txt: every grid invocation on this --work, with its start load average."""
     with (work / "commands.txt").open("a") as file:
@@ -639,6 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = args.work / "cells.jsonl"
     if not args.report:
         retain_freed_memory()  # as every hfsnet command does (its cli cells run hfsnet itself)
+        seed_work(args.results, args.work)
         record_command(args.work, argv)
         run_grid(args, log)
         write_results(args, log)

@@ -618,10 +618,10 @@ QUIET_GRIDS = (
          "adapt --finetune` starts from its head on all 16 blocks and beat them by 2.2 points "
          "on CIFAR-10 at 128 px (one seed, README), so a head was being judged against a "
          "weaker fine-tune than hfsnet offers. Here that command runs at adapt's default side "
-         "for EuroSAT and Fashion-MNIST (96 px) and at CIFAR-10's best fine-tuning side (128 "
-         "px), 3 seeds; its seconds are the whole command's, so they include the head's own "
-         "test pass, which a fine-tune alone would not need. Every other cell is the three "
-         "grids above's (commands marked 'reused').",
+         "for EuroSAT and Fashion-MNIST (96 px) and at the best fine-tuning side measured for "
+         "EuroSAT and CIFAR-10 (128 px), 3 seeds; its seconds are the whole command's, so "
+         "they include the head's own test pass, which a fine-tune alone would not need. "
+         "Every other cell is the three grids above's (commands marked 'reused').",
          reuse=(REPO / "benchmarks/results/adapt-cifar-sides-epyc-avx2.json",
                 REPO / "benchmarks/results/adapt-unpad-epyc-avx2.json",
                 REPO / "benchmarks/results/adapt-blocks-epyc-avx2.json")),
