@@ -601,6 +601,9 @@ def invocation(argv: list[str]) -> str:
     return env + ".venv/bin/python benchmarks/adapt.py " + " ".join(argv)
 
 
+COMMANDS = "commands.txt"  # in --work: every grid invocation on it
+
+
 def seed_work(results: Path, work: Path) -> None:
     """Start ``work`` from the cells, caches and commands of an existing ``results`` file
     that its logs lack: a fresh checkout (or a lost --work) adding cells to a committed file
@@ -617,23 +620,26 @@ def seed_work(results: Path, work: Path) -> None:
                                      if c["task"] not in tasks])):
         with path.open("a") as file:
             file.writelines(json.dumps(row) + "\n" for row in rows)
-    commands_file = work / "commands.txt"
-    commands = commands_file.read_text().splitlines() if commands_file.is_file() else []
+    commands = read_commands(work)
     older = [c for c in previous["commands"] if c not in commands]
     if older:
-        commands_file.write_text("".join(line + "\n" for line in older + commands))
+        (work / COMMANDS).write_text("".join(line + "\n" for line in older + commands))
+
+
+def read_commands(work: Path) -> list[str]:
+    path = work / COMMANDS
+    return path.read_text().splitlines() if path.is_file() else []
 
 
 def record_command(work: Path, argv: list[str]) -> None:
     """WORK/commands.txt: every grid invocation on this --work, with its start load average."""
-    with (work / "commands.txt").open("a") as file:
+    with (work / COMMANDS).open("a") as file:
         file.write(f"{invocation(argv)}  # started {time.strftime('%Y-%m-%d %H:%M:%S')}, load "
                    f"average {load_average()}\n")
 
 
 def write_results(args: argparse.Namespace, log: Path) -> dict:
-    commands_file = args.work / "commands.txt"
-    commands = commands_file.read_text().splitlines() if commands_file.is_file() else []
+    commands = read_commands(args.work)
     cells = read_cells(log)
     caches = read_cells(args.work / "caches.jsonl")
     results = {
