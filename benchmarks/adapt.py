@@ -22,6 +22,7 @@ task x regime x method x seed):
                      ``finetune`` recipe's two-rate fine-tune from it; the cell's accuracy is the
                      fine-tuned model's, its seconds the whole command's (the head's own test
                      pass included), the head's accuracy kept as ``head_test_acc``
+    cli-adapt-2x2-finetune   the same from the ``--pool 2x2`` head
     logreg-last      multinomial logistic regression (torch LBFGS on standardised columns, L2
                      strength chosen on a 10% holdout) on the last level, global-average-pooled
     ridge-last       ridge on the last level (gap)
@@ -108,6 +109,7 @@ TASKS = {
     "fashion-mnist-48": {"spec": "fashion-mnist", "side": 48},  # cli cells only
     "fashion-mnist-64": {"spec": "fashion-mnist", "side": 64},
     "fashion-mnist-96": {"spec": "fashion-mnist", "side": 96},  # cli cells only
+    "fashion-mnist-128": {"spec": "fashion-mnist", "side": 128},
 }
 REGIMES = ("100", "all")
 PER_CLASS = 100
@@ -464,7 +466,8 @@ CLI_ADAPT = {"cli-adapt": [], "cli-adapt-stages": ["--model-opt", "taps=stages"]
              "cli-adapt-dihedral-expand": ["--train-views", "dihedral", "--expand", "2048"],
              "cli-adapt-2x2": ["--pool", "2x2"],
              "cli-adapt-2x2-flip": ["--pool", "2x2", "--train-views", "flip"],
-             "cli-adapt-finetune": ["--finetune"]}
+             "cli-adapt-finetune": ["--finetune"],
+             "cli-adapt-2x2-finetune": ["--pool", "2x2", "--finetune"]}
 
 
 def cli_adapt_cell(method: str, task: str, regime: str, seed: int,
