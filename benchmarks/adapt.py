@@ -18,6 +18,8 @@ task x regime x method x seed):
                      ``--train-views flip`` (the mirror of every training image too) or
                      ``dihedral`` (8 fixed flips and turns), and ``--expand 2048``
     cli-adapt-2x2, cli-adapt-2x2-flip   ``--pool 2x2``, without and with ``--train-views flip``
+    cli-adapt-2x2-holdout   ``--pool 2x2 --alpha-select holdout`` (the strength from 10% of
+                     the rows, not exact leave-one-out over all: for many rows of wide features)
     cli-adapt-finetune   ``hfsnet adapt --finetune``: its head on every block, then the
                      ``finetune`` recipe's two-rate fine-tune from it; the cell's accuracy is the
                      fine-tuned model's, its seconds the whole command's (the head's own test
@@ -466,6 +468,7 @@ CLI_ADAPT = {"cli-adapt": [], "cli-adapt-stages": ["--model-opt", "taps=stages"]
              "cli-adapt-dihedral-expand": ["--train-views", "dihedral", "--expand", "2048"],
              "cli-adapt-2x2": ["--pool", "2x2"],
              "cli-adapt-2x2-flip": ["--pool", "2x2", "--train-views", "flip"],
+             "cli-adapt-2x2-holdout": ["--pool", "2x2", "--alpha-select", "holdout"],
              "cli-adapt-finetune": ["--finetune"],
              "cli-adapt-2x2-finetune": ["--pool", "2x2", "--finetune"]}
 
