@@ -29,22 +29,24 @@ from hfsnet.analysis.document import (
 from hfsnet.fsutil import atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
-TASK_NAMES = {"eurosat": "EuroSAT (64 px)", "cifar10": "CIFAR-10 (32 px)",
-              "fashion-mnist": "Fashion-MNIST (28→32 px)", "cifar10-64": "CIFAR-10 (32→64 px)",
-              "cifar10-96": "CIFAR-10 (32→96 px)", "cifar10-128": "CIFAR-10 (32→128 px)",
-              "eurosat-96": "EuroSAT (64→96 px)", "eurosat-128": "EuroSAT (64→128 px)",
-              "fashion-mnist-48": "Fashion-MNIST (28→48 px)",
-              "fashion-mnist-64": "Fashion-MNIST (28→64 px)",
-              "fashion-mnist-96": "Fashion-MNIST (28→96 px)",
-              "fashion-mnist-128": "Fashion-MNIST (28→128 px)"}
-# Tasks that are another task's images upsampled by the trunk: a verdict judges a dataset by
-# its best head and best fine-tune at any side, so these fold into it (``fold_sides``).
-UPSAMPLED = {"cifar10-64": ("cifar10", 64), "cifar10-96": ("cifar10", 96),
-             "cifar10-128": ("cifar10", 128), "eurosat-96": ("eurosat", 96),
-             "eurosat-128": ("eurosat", 128), "fashion-mnist-48": ("fashion-mnist", 48),
-             "fashion-mnist-64": ("fashion-mnist", 64),
-             "fashion-mnist-96": ("fashion-mnist", 96),
-             "fashion-mnist-128": ("fashion-mnist", 128)}
+# dataset: (its name, its images' side, the side its plain task runs at)
+DATASETS = {"eurosat": ("EuroSAT", 64, 64), "cifar10": ("CIFAR-10", 32, 32),
+            "fashion-mnist": ("Fashion-MNIST", 28, 32)}
+# benchmarks/adapt.py's "DATASET-SIDE" tasks: the dataset's images upsampled by the trunk. A
+# verdict judges a dataset by its best head and best fine-tune at any side, so these fold into
+# it (``fold_sides``).
+UP_SIDES = (48, 64, 96, 128)
+UPSAMPLED = {f"{d}-{side}": (d, side) for d in ("cifar10", "eurosat", "fashion-mnist")
+             for side in UP_SIDES if side > DATASETS[d][2]}
+
+
+def _task_name(dataset: str, side: int) -> str:
+    name, native, _ = DATASETS[dataset]
+    return f"{name} ({native} px)" if side == native else f"{name} ({native}→{side} px)"
+
+
+TASK_NAMES = {**{d: _task_name(d, side) for d, (_, _, side) in DATASETS.items()},
+              **{task: _task_name(d, side) for task, (d, side) in UPSAMPLED.items()}}
 METHOD_NAMES = {
     "logreg-last": "logistic regression, last level",
     "ridge-last": "ridge, last level",
